@@ -1,0 +1,333 @@
+"""Evaluation with labels: frozen features, a kNN classifier and a linear probe.
+
+- :func:`features` runs a frozen model over a dataset split.
+- :func:`knn_accuracy` is the weighted kNN classifier of Wu, Xiong, Yu and Lin,
+  "Unsupervised feature learning via non-parametric instance discrimination",
+  CVPR 2018, as used by DINO (Caron et al., ICCV 2021) and lightly: cosine
+  similarity, the k = 200 nearest training samples vote with weight
+  exp(similarity / T), T = 0.1.
+- :func:`linear_probe` trains a multinomial logistic regression on
+  standardised frozen features, with learning rate and weight decay chosen on
+  a validation split carved from the training labels (never the test labels).
+- :func:`evaluate_model` bundles them with RankMe and α-ReQ
+  (:mod:`cookbook.metrics`) into one dict of floats per trained model.
+
+Accuracies are fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cookbook import metrics
+
+__all__ = [
+    "evaluate_model",
+    "features",
+    "knn_accuracy",
+    "linear_probe",
+    "sample_per_class",
+    "validation_split",
+]
+
+WHICH = ("representation", "embedding")
+SPLITS = ("train", "test")
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def _run(model: nn.Module, x: torch.Tensor, which: str, batch_size: int) -> torch.Tensor:
+    """model.<which> over uint8 images x (N, 3, H, W) in eval mode; float32 (N, D) on CPU."""
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+    if x.dtype != torch.uint8:
+        raise ValueError(f"images must be uint8 (N, 3, H, W), got {x.dtype}")
+    device, forward = _model_device(model), getattr(model, which)
+    # Restore each submodule's own flag: model.train(True) would also unfreeze
+    # submodules that were deliberately left in eval mode (e.g. frozen BatchNorm).
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        out = [
+            forward(x[i : i + batch_size].to(device, non_blocking=True).float().div_(255)).float().cpu()
+            for i in range(0, len(x), batch_size)
+        ]
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def features(model: nn.Module, dataset, split: str = "train", which: str = "representation",
+             batch_size: int = 512) -> torch.Tensor:
+    """Frozen features of every image of ``dataset.split(split)``.
+
+    model: has ``representation(x)`` (backbone, (B, D)) and ``embedding(x)``
+    (projector, (B, K)) taking float32 images in [0, 1] on its device.
+    split: "train" or "test". which: "representation" or "embedding".
+    Images go to the model's device batch by batch as uint8 and are divided by
+    255 there; the model runs in eval mode under ``torch.no_grad`` (not
+    inference mode, so the result can be fed to autograd) and every submodule
+    gets its previous train/eval mode back afterwards.
+
+    Returns a float32 CPU tensor (N, D). Cost: one forward pass over N images;
+    memory O(N·D) on the CPU plus one batch on the device.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+    x, _ = dataset.split(split)
+    return _run(model, x, which, batch_size)
+
+
+def _check_labelled(feats: torch.Tensor, labels: torch.Tensor, name: str) -> None:
+    if feats.ndim != 2 or labels.ndim != 1 or len(feats) != len(labels):
+        raise ValueError(
+            f"{name}: expected features (N, D) and labels (N,), got {tuple(feats.shape)} and {tuple(labels.shape)}"
+        )
+    if len(labels) == 0:
+        raise ValueError(f"{name}: no samples")
+
+
+def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                 test_labels: torch.Tensor, k: int = 200, temperature: float = 0.1,
+                 chunk_size: int = 512) -> float:
+    """Accuracy of the weighted kNN classifier (Wu et al. 2018; DINO; lightly).
+
+    Features (N, D) are l2-normalised; each test sample's k most cosine-similar
+    training samples vote for their label with weight exp(similarity / T).
+    Runs on train_features' device, ``chunk_size`` test samples at a time, so
+    the similarity matrix never exceeds chunk_size × N_train (50,000 × 10,000
+    with the default: 100 MB at a time). If k exceeds the number of training
+    samples it is clamped to it, with a warning.
+
+    Returns the fraction of test samples classified correctly, in [0, 1].
+    Cost: O(N_train·N_test·D) time; memory O(N_train·(D + chunk_size)).
+    """
+    _check_labelled(train_features, train_labels, "train")
+    _check_labelled(test_features, test_labels, "test")
+    if k < 1 or temperature <= 0 or chunk_size < 1:
+        raise ValueError(f"need k >= 1, temperature > 0 and chunk_size >= 1; got {k}, {temperature}, {chunk_size}")
+    if k > len(train_labels):
+        warnings.warn(f"k = {k} exceeds the {len(train_labels)} training samples; using k = {len(train_labels)}",
+                      stacklevel=2)
+        k = len(train_labels)
+    device = train_features.device
+    bank = F.normalize(train_features.detach().float(), dim=1)
+    bank_labels = train_labels.to(device)
+    n_classes = int(train_labels.max()) + 1
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(test_labels), chunk_size):
+            query = F.normalize(test_features[start : start + chunk_size].to(device).float(), dim=1)
+            similarity, index = (query @ bank.T).topk(k, dim=1)
+            votes = torch.zeros(len(query), n_classes, device=device)
+            votes.scatter_add_(1, bank_labels[index], (similarity / temperature).exp())
+            correct += (votes.argmax(1).cpu() == test_labels[start : start + chunk_size].cpu()).sum().item()
+    return correct / len(test_labels)
+
+
+def validation_split(labels: torch.Tensor, fraction: float = 0.1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stratified, seeded split of sample indices into (train_idx, val_idx).
+
+    Each class c with n_c samples sends round(fraction·n_c) of them, chosen at
+    random, to validation — at least 1 and at most n_c − 1, so that every
+    class with two or more samples appears on both sides (a class with a
+    single sample stays in train). Returns two sorted int64 tensors that
+    partition range(len(labels)). Cost: O(N).
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    labels = torch.as_tensor(labels).cpu()
+    generator = torch.Generator().manual_seed(seed)
+    train_idx, val_idx = [], []
+    for c in labels.unique():
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+        n_val = min(max(round(fraction * len(idx)), 1), len(idx) - 1)
+        val_idx.append(idx[:n_val])
+        train_idx.append(idx[n_val:])
+    return torch.cat(train_idx).sort().values, torch.cat(val_idx).sort().values
+
+
+def sample_per_class(labels: torch.Tensor, n_per_class: int, seed: int = 0) -> torch.Tensor:
+    """Sorted int64 indices of n_per_class samples of every class, drawn at random (seeded).
+
+    Raises ValueError when a class has fewer than n_per_class samples.
+    """
+    labels = torch.as_tensor(labels).cpu()
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in labels.unique():
+        idx = (labels == c).nonzero().flatten()
+        if len(idx) < n_per_class:
+            raise ValueError(f"class {int(c)} has {len(idx)} samples, fewer than n_per_class = {n_per_class}")
+        chosen.append(idx[torch.randperm(len(idx), generator=generator)[:n_per_class]])
+    return torch.cat(chosen).sort().values
+
+
+def _train_softmax(x: torch.Tensor, y: torch.Tensor, n_classes: int, grid: list[tuple[float, float]],
+                   epochs: int, batch_size: int, seed: int) -> list[nn.Linear]:
+    """Train one logistic regression per (lr, weight decay) in grid, all at once.
+
+    x must be standardised. All heads see the same mini-batches: their logits
+    come from one matmul, and the summed loss gives each head exactly the
+    gradient of its own loss. SGD with Nesterov momentum 0.9, cosine
+    learning-rate decay, zero initialisation (the problem is convex).
+    """
+    heads = [nn.Linear(x.shape[1], n_classes).to(x.device) for _ in grid]
+    for head in heads:
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+    optimiser = torch.optim.SGD(
+        [{"params": head.parameters(), "lr": lr, "weight_decay": wd} for head, (lr, wd) in zip(heads, grid)],
+        momentum=0.9, nesterov=True,
+    )
+    steps_per_epoch = math.ceil(len(x) / batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator).to(x.device)
+        for start in range(0, len(x), batch_size):
+            batch = order[start : start + batch_size]
+            weight = torch.cat([head.weight for head in heads])  # (G·C, D)
+            bias = torch.cat([head.bias for head in heads])
+            logits = (x[batch] @ weight.T + bias).view(len(batch), len(heads), n_classes)
+            loss = F.cross_entropy(logits.permute(0, 2, 1), y[batch][:, None].expand(-1, len(heads)),
+                                   reduction="sum") / len(batch)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+    return heads
+
+
+def _standardise(fit_on: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    std, mean = torch.std_mean(fit_on, dim=0, correction=0)
+    std = std.clamp_min(1e-6)
+    return [(t - mean).div_(std) for t in (fit_on, *others)]
+
+
+@torch.no_grad()
+def _accuracy(head: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
+    return (head(x).argmax(1) == y).float().mean().item()
+
+
+def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                 test_labels: torch.Tensor, labels_per_class: int | None = None, val_fraction: float = 0.1,
+                 seed: int = 0, lrs: tuple[float, ...] = (0.01, 0.1, 1.0),
+                 weight_decays: tuple[float, ...] = (0.0, 1e-4, 1e-3, 1e-2), epochs: int = 30,
+                 batch_size: int = 1024, device: str | torch.device | None = None,
+                 return_details: bool = False) -> float | dict:
+    """Test accuracy of a linear probe (multinomial logistic regression) on frozen features.
+
+    Protocol:
+
+    1. With ``labels_per_class`` (e.g. 10 or 100), keep only that many
+       training samples per class, drawn stratified and seeded; they are all
+       the labels the probe ever sees. Otherwise use every training sample.
+    2. Carve a stratified, seeded validation split (``val_fraction``) out of
+       those labelled samples (:func:`validation_split`) — with 10 labels per
+       class and the default fraction that is 1 validation sample per class,
+       so the choice is noisy, as it would be with that few labels.
+    3. Standardise with the mean and std of the fitting part only; train one
+       probe per (lr, weight decay) in ``lrs × weight_decays`` (SGD, Nesterov
+       momentum 0.9, cosine decay, ``epochs`` epochs of ``batch_size``; the
+       weight decay is SGD's L2 term on weights and bias) and keep
+       the pair with the best validation accuracy (ties: the earlier pair).
+    4. Refit with that pair on train + validation (standardised afresh) and
+       score on the test split. Test labels are used only in this last step.
+
+    Runs on ``device``: by default CUDA when available, else train_features'
+    device. Returns the test accuracy in [0, 1]; with ``return_details=True``
+    a dict with ``test_accuracy``, ``lr``, ``weight_decay``, ``val_accuracy``
+    and ``grid`` ({(lr, wd): validation accuracy}).
+
+    Cost: (|grid| + 1)·epochs passes over N·D·C multiply-adds, i.e.
+    O(|grid|·epochs·N·D·C) time; memory O(N·D) on the device.
+    """
+    _check_labelled(train_features, train_labels, "train")
+    _check_labelled(test_features, test_labels, "test")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else train_features.device
+    x, y = train_features.to(device, torch.float32), train_labels.to(device)
+    if labels_per_class is not None:
+        keep = sample_per_class(train_labels, labels_per_class, seed).to(device)
+        x, y = x[keep], y[keep]
+    n_classes = int(train_labels.max()) + 1  # from training labels only: test labels stay unseen
+
+    fit_idx, val_idx = (i.to(device) for i in validation_split(y.cpu(), val_fraction, seed))
+    x_fit, x_val = _standardise(x[fit_idx], x[val_idx])
+    grid = list(itertools.product(lrs, weight_decays))
+    heads = _train_softmax(x_fit, y[fit_idx], n_classes, grid, epochs, batch_size, seed)
+    val_accuracy = {pair: _accuracy(head, x_val, y[val_idx]) for pair, head in zip(grid, heads)}
+    lr, wd = max(grid, key=lambda pair: val_accuracy[pair])  # max keeps the first of equals
+    del heads, x_fit, x_val  # free device memory before the refit
+
+    x_all, x_test = _standardise(x, test_features.to(device, torch.float32))
+    (head,) = _train_softmax(x_all, y, n_classes, [(lr, wd)], epochs, batch_size, seed)
+    test_accuracy = _accuracy(head, x_test, test_labels.to(device))
+    if not return_details:
+        return test_accuracy
+    return {"test_accuracy": test_accuracy, "lr": lr, "weight_decay": wd,
+            "val_accuracy": val_accuracy[(lr, wd)], "grid": val_accuracy}
+
+
+def evaluate_model(model: nn.Module, dataset, which: str = "representation", val_fraction: float = 0.1,
+                   seed: int = 0, n_spectrum: int = 25_600, batch_size: int = 512) -> dict:
+    """Every evaluation of one trained model, as a dict of floats.
+
+    - ``knn_val``: kNN fitted on the train part, scored on a validation split
+      carved from the train split (stratified, seeded) — use this, and only
+      this, to select hyper-parameters.
+    - ``knn_test``: kNN fitted on the whole train split, scored on test.
+    - ``linear_test``: :func:`linear_probe` test accuracy.
+    - ``rankme``: RankMe of the embeddings of ``n_spectrum`` (25,600, as in
+      the paper) random training images, or all of them if fewer.
+    - ``alpha``: α-ReQ of the representations of the same images; NaN, with
+      a warning, when it cannot be fitted (dimension or N too small).
+
+    kNN and probe use the ``which`` features. Cost: forward passes over the
+    train and test splits (and the spectrum subset once more), the kNN
+    (O(N_train·N_test·D)) and the probe (see :func:`linear_probe`).
+    """
+    train_x, train_y = dataset.split("train")
+    _, test_y = dataset.split("test")
+    train_f = features(model, dataset, "train", which, batch_size)
+    test_f = features(model, dataset, "test", which, batch_size)
+    knn_device = _model_device(model)
+    train_f_dev, test_f_dev = train_f.to(knn_device), test_f.to(knn_device)
+
+    fit_idx, val_idx = validation_split(train_y, val_fraction, seed)
+    result = {
+        "knn_val": knn_accuracy(train_f_dev[fit_idx.to(knn_device)], train_y[fit_idx],
+                                train_f_dev[val_idx.to(knn_device)], train_y[val_idx]),
+        "knn_test": knn_accuracy(train_f_dev, train_y, test_f_dev, test_y),
+        "linear_test": linear_probe(train_f, train_y, test_f, test_y, val_fraction=val_fraction, seed=seed),
+    }
+    del train_f_dev, test_f_dev
+
+    generator = torch.Generator().manual_seed(seed)
+    subset = torch.randperm(len(train_y), generator=generator)[:n_spectrum]
+    subset_x = train_x[subset]
+    representation = train_f[subset] if which == "representation" else _run(model, subset_x, "representation",
+                                                                               batch_size)
+    embedding = train_f[subset] if which == "embedding" else _run(model, subset_x, "embedding", batch_size)
+    result["rankme"] = metrics.rankme(embedding.to(knn_device))
+    try:
+        result["alpha"] = metrics.alpha_req(representation.to(knn_device)).alpha
+    except ValueError as error:
+        warnings.warn(f"alpha-ReQ set to NaN: {error}", stacklevel=2)
+        result["alpha"] = float("nan")
+    return {key: float(value) for key, value in result.items()}

@@ -1,0 +1,179 @@
+"""Sanity values for RankMe and alpha-ReQ on matrices whose answer is known."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cookbook import metrics
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Small matrices: one thread avoids oversubscription on a shared machine.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def gaussian(n, d, seed=0, scale=None):
+    g = torch.Generator().manual_seed(seed)
+    Z = torch.randn(n, d, generator=g, dtype=torch.float64)
+    return Z if scale is None else Z * scale
+
+
+def with_exact_spectrum(eigenvalues, n=2000, seed=0):
+    """Z (n, D) whose covariance eigenvalues are exactly ∝ eigenvalues: orthogonal, zero-mean columns."""
+    Z = gaussian(n, len(eigenvalues), seed)
+    Q, _ = torch.linalg.qr(Z - Z.mean(dim=0))  # columns stay zero-mean: combinations of zero-mean columns
+    return Q * eigenvalues.sqrt()
+
+
+def power_law(d, a):
+    return torch.arange(1, d + 1, dtype=torch.float64) ** (-a)
+
+
+# RankMe ---------------------------------------------------------------------
+
+
+def test_rankme_isotropic_gaussian():
+    assert metrics.rankme(gaussian(10_000, 128).float()) == pytest.approx(127.8, abs=0.3)
+
+
+def test_rankme_rank_r_matrix_with_equal_singular_values():
+    g = torch.Generator().manual_seed(1)
+    U, _ = torch.linalg.qr(torch.randn(500, 10, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(64, 10, generator=g, dtype=torch.float64))
+    assert metrics.rankme(3.0 * U @ V.T) == pytest.approx(10, abs=0.01)
+
+
+def test_rankme_constant_matrix_is_one():
+    assert metrics.rankme(torch.full((1000, 128), 0.7)) == pytest.approx(1, abs=0.01)
+
+
+@pytest.mark.parametrize("factor", [1e-3, 1e3])
+def test_rankme_and_alpha_are_scale_invariant(factor):
+    Z = gaussian(3000, 256, seed=2, scale=power_law(256, 1.0).sqrt()).float()
+    assert metrics.rankme(Z * factor) == pytest.approx(metrics.rankme(Z), rel=1e-6)
+    assert metrics.alpha_req(Z * factor).alpha == pytest.approx(metrics.alpha_req(Z).alpha, abs=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(400, 32), (20, 50)])
+def test_singular_values_from_gram_match_svd(shape):
+    Z = gaussian(*shape, seed=3) + 2.0  # an offset makes the spectrum far from flat
+    expected = torch.linalg.svdvals(Z)
+    got = metrics.singular_values(Z)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-8 * expected[0].item())
+
+
+def test_rankme_follows_the_paper_formula_on_svd():
+    Z = gaussian(300, 40, seed=4, scale=power_law(40, 0.7))
+    sigma = torch.linalg.svdvals(Z)
+    p = sigma / sigma.sum() + 1e-7
+    assert metrics.rankme(Z) == pytest.approx(math.exp(-(p * p.log()).sum().item()), rel=1e-9)
+
+
+def test_rankme_of_zero_matrix_raises():
+    with pytest.raises(ValueError, match="zero"):
+        metrics.rankme(torch.zeros(10, 4))
+    assert math.isnan(metrics.collapse_report(torch.zeros(10, 4))["rankme"])
+
+
+def test_rankme_warns_when_fewer_samples_than_dimensions():
+    with pytest.warns(UserWarning, match="capped"):
+        score = metrics.rankme(gaussian(50, 128))
+    assert score <= 50
+
+
+@pytest.mark.parametrize("function", [metrics.rankme, metrics.alpha_req, metrics.eigenspectrum])
+def test_bad_matrices_raise(function):
+    Z = gaussian(200, 16)
+    for bad in (Z[:1], Z[0], torch.where(Z > 2, float("nan"), Z), torch.where(Z > 2, float("inf"), Z)):
+        with pytest.raises(ValueError):
+            function(bad)
+
+
+# alpha-ReQ ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("a", [0.5, 1.0, 2.0])
+def test_alpha_exact_power_law_spectrum(a):
+    lam = power_law(256, a)
+    result = metrics.alpha_req(with_exact_spectrum(lam))
+    assert result.alpha == pytest.approx(a, abs=1e-6)
+    assert result.r2 == pytest.approx(1.0, abs=1e-9)
+    # The same fit straight on the eigenvalues (the helper both paths share).
+    assert metrics.fit_power_law(lam / lam.sum()).alpha == pytest.approx(a, abs=1e-9)
+
+
+@pytest.mark.parametrize("a", [0.5, 1.0, 2.0])
+def test_alpha_gaussian_with_power_law_population_spectrum(a):
+    Z = gaussian(10_000, 512, seed=5, scale=power_law(512, a).sqrt()).float()
+    assert metrics.alpha_req(Z).alpha == pytest.approx(a, abs=0.05)
+
+
+def test_fit_is_weighted_by_inverse_rank_and_r2_unweighted():
+    g = torch.Generator().manual_seed(6)
+    lam = (power_law(200, 1.0) * torch.exp(0.3 * torch.randn(200, generator=g, dtype=torch.float64)))
+    lam = lam.sort(descending=True).values
+    fit = metrics.fit_power_law(lam, (4, 100))
+    i = np.arange(4, 101)
+    x, y = -np.log(i), np.log(lam[3:100].numpy())
+    slope, intercept = np.polyfit(x, y, 1, w=np.sqrt(1 / i))  # polyfit weights multiply residuals
+    assert fit.alpha == pytest.approx(slope, rel=1e-9)
+    assert fit.intercept == pytest.approx(intercept, rel=1e-9)
+    unweighted_slope = np.polyfit(x, y, 1)[0]
+    assert abs(fit.alpha - unweighted_slope) > 1e-3  # the weights matter on this spectrum
+    residual = y - (intercept + slope * x)
+    assert fit.r2 == pytest.approx(1 - (residual**2).sum() / ((y - y.mean()) ** 2).sum(), rel=1e-9)
+    assert (fit.first, fit.last) == (4, 100)
+
+
+def test_fit_range_is_cut_at_the_last_positive_eigenvalue():
+    lam = torch.cat([power_law(30, 1.0), torch.zeros(20)])
+    fit = metrics.fit_power_law(lam, (4, 100))
+    assert (fit.first, fit.last) == (4, 30)
+    assert fit.alpha == pytest.approx(1.0, abs=1e-9)
+
+
+def test_alpha_too_few_eigenvalues_raises_with_a_suggestion():
+    with pytest.raises(ValueError, match=r"too few positive eigenvalues.*fit_range=\(2, 12\)"):
+        metrics.alpha_req(gaussian(1000, 12))
+    with pytest.raises(ValueError, match="no range is long enough"):
+        metrics.alpha_req(gaussian(1000, 8))
+    with pytest.raises(ValueError, match="too few positive eigenvalues"):
+        metrics.alpha_req(gaussian(10, 512))  # N < D: rank 9 after centring
+
+
+def test_eigenspectrum_is_normalised_covariance_spectrum():
+    Z = gaussian(300, 20, seed=7, scale=power_law(20, 1.0)) + 5.0
+    lam = metrics.eigenspectrum(Z)
+    expected = np.sort(np.linalg.eigvalsh(np.cov(Z.numpy(), rowvar=False)))[::-1]
+    np.testing.assert_allclose(lam.numpy(), expected / expected.sum(), atol=1e-12)
+    assert metrics.eigenspectrum(Z).sum().item() == pytest.approx(1.0)
+
+
+# Collapse report ------------------------------------------------------------
+
+
+def test_collapse_report_healthy_dimensional_and_complete():
+    healthy = metrics.collapse_report(gaussian(2000, 64))
+    assert set(healthy) >= {"rankme", "alpha", "std_of_l2_normalized", "top_component_share"}
+    assert all(isinstance(v, float) for v in healthy.values())
+    assert healthy["std_of_l2_normalized"] == pytest.approx(1 / 8, rel=0.05)
+    assert "no collapse sign" in metrics.format_collapse_report(healthy)
+
+    low_rank = gaussian(2000, 3, seed=8) @ gaussian(3, 64, seed=9) + 1e-4 * gaussian(2000, 64, seed=10)
+    dimensional = metrics.collapse_report(low_rank)
+    assert dimensional["rankme"] < 5 and dimensional["top_component_share"] > 0.3
+    assert "dimensional collapse" in metrics.format_collapse_report(dimensional)
+
+    complete = metrics.collapse_report(torch.ones(500, 64))
+    assert complete["rankme"] == pytest.approx(1, abs=0.01)
+    assert complete["std_of_l2_normalized"] == pytest.approx(0, abs=1e-6)
+    assert math.isnan(complete["alpha"]) and math.isnan(complete["top_component_share"])
+    line = metrics.format_collapse_report(complete)
+    assert "complete collapse" in line and "\n" not in line

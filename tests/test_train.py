@@ -1,0 +1,162 @@
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from cookbook import data, methods, models
+from cookbook.train import (CHECKPOINT_NAME, NonFiniteLossError, fit, load_checkpoint, lr_at, save_atomic,
+                            scaled_lr)
+
+
+def tiny_run(**kw):
+    torch.manual_seed(0)
+    ds = data.load("shapes", subset=256, test_subset=64, seed=0)
+    m = methods.SimCLR(models.resnet18(4))
+    return m, ds, fit(m, ds, **{"epochs": 2, "batch_size": 64, "progress": False, "log": False, **kw})
+
+
+def test_lr_rules():
+    assert scaled_lr(0.1, 512, "linear") == pytest.approx(0.2)
+    assert scaled_lr(0.1, 1024, "sqrt") == pytest.approx(0.2)
+    assert scaled_lr(0.1, 1024, "none") == 0.1
+    with pytest.raises(ValueError, match="sqrt"):
+        scaled_lr(0.1, 256, "cubic")
+
+
+def test_warmup_then_cosine():
+    lrs = [lr_at(s, 100, 10, 1.0) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))           # rising during warm-up
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))           # then never rising
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-9)
+    assert lr_at(55, 100, 10, 1.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 89)), rel=1e-6)
+
+
+def test_fit_history_and_checkpoint(tmp_path):
+    m, ds, h = tiny_run(out=tmp_path, eval_every=1, eval_rankme=True)
+    assert h.steps == 2 * (256 // 64) and len(h.epochs) == 2
+    for e in h.epochs:
+        assert set(e) >= {"epoch", "loss", "lr", "seconds", "knn_val", "rankme"}
+        assert 0 <= e["knn_val"] <= 1 and e["rankme"] >= 1
+    assert h.wall_time_s > 0 and h.images_per_s > 0 and h.peak_memory_mb > 0
+    ckpt = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)  # loadable without pickle
+    assert ckpt["epoch"] == 2 and ckpt["step"] == h.steps
+    fresh = methods.SimCLR(models.resnet18(4))
+    load_checkpoint(tmp_path / CHECKPOINT_NAME, fresh)
+    for a, b in zip(fresh.state_dict().values(), m.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]  # no temporary files left behind
+
+
+def test_training_changes_weights_and_is_seeded():
+    m1, _, h1 = tiny_run(epochs=1)
+    m2, _, h2 = tiny_run(epochs=1)
+    untrained = methods.SimCLR(models.resnet18(4))
+    torch.testing.assert_close(h1.final_loss, h2.final_loss)
+    w1, w0 = next(m1.backbone.parameters()), next(untrained.backbone.parameters())
+    assert not torch.allclose(w1, w0)
+
+
+def test_save_atomic_keeps_old_file_when_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    save_atomic({"a": torch.ones(1)}, path)
+
+    def broken(obj, f):
+        open(f, "wb").write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(OSError):
+        save_atomic({"a": torch.zeros(1)}, path)
+    assert torch.load(path, weights_only=True)["a"].item() == 1.0
+
+
+class ExplodingSimCLR(methods.SimCLR):
+    """Returns NaN from its 3rd loss on."""
+
+    calls = 0
+
+    def loss(self, views):
+        type(self).calls += 1
+        out = super().loss(views)
+        return out * float("nan") if type(self).calls >= 3 else out
+
+
+def test_non_finite_loss_stops_with_step_and_advice():
+    ds = data.load("shapes", subset=256, test_subset=64)
+    ExplodingSimCLR.calls = 0
+    with pytest.raises(NonFiniteLossError, match=r"step 3 .*lower learning rate"):
+        fit(ExplodingSimCLR(models.resnet18(4)), ds, epochs=2, batch_size=64, progress=False, log=False)
+
+
+def test_bad_arguments_are_explained():
+    ds = data.load("shapes", subset=128, test_subset=64)
+    m = methods.SimCLR(models.resnet18(4))
+    with pytest.raises(ValueError, match="larger than the train split"):
+        fit(m, ds, batch_size=512)
+    with pytest.raises(ValueError, match="sgd"):
+        fit(m, ds, optimizer="rmsprop")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        fit(m, ds, batch_size=64, resume="/nonexistent/checkpoint.pt")
+
+
+def test_resume_refuses_a_different_run(tmp_path):
+    tiny_run(epochs=1, out=tmp_path)
+    with pytest.raises(ValueError, match="batch_size was 64, now 32"):
+        tiny_run(epochs=1, batch_size=32, resume=tmp_path / CHECKPOINT_NAME)
+
+
+SCRIPT = textwrap.dedent("""
+    import sys, time, torch
+    from cookbook import augment, data, methods, models
+    from cookbook.train import fit
+
+    class SlowViews(augment.Views):  # slow enough to be killed between checkpoints
+        def __call__(self, x, gen=None):
+            time.sleep(float(sys.argv[2]))
+            return super().__call__(x, gen)
+
+    torch.manual_seed(0)
+    ds = data.load("shapes", subset=256, test_subset=64, seed=0)
+    m = methods.SimCLR(models.resnet18(4))
+    fit(m, ds, epochs=3, batch_size=64, views=SlowViews(augment.simclr().specs), out=sys.argv[1],
+        checkpoint_every=1, progress=False, log=False)
+""")
+
+
+@pytest.mark.slow
+def test_resume_after_a_real_kill(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    killed, full = tmp_path / "killed", tmp_path / "full"
+    proc = subprocess.Popen([sys.executable, str(script), str(killed), "0.5"])
+    ckpt = killed / CHECKPOINT_NAME
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    first = torch.load(ckpt, weights_only=True)
+    assert first["epoch"] == 1
+
+    # resume in this process with the same settings, then compare with an uninterrupted run
+    subprocess.run([sys.executable, str(script), str(full), "0"], check=True)
+    torch.manual_seed(0)
+    ds = data.load("shapes", subset=256, test_subset=64, seed=0)
+    m = methods.SimCLR(models.resnet18(4))
+    from cookbook import augment
+    h = fit(m, ds, epochs=3, batch_size=64, views=augment.simclr(), out=killed, resume=ckpt,
+            checkpoint_every=1, progress=False, log=False)
+    done = torch.load(full / CHECKPOINT_NAME, weights_only=True)
+    assert h.steps == done["step"] == 3 * (256 // 64)
+    assert [e["epoch"] for e in h.epochs] == [1, 2, 3]
+    # same data order and augmentations after the resume: the losses agree
+    for a, b in zip(h.epochs, done["history"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
