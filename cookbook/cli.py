@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 # Defaults that keep a bare `train --method simclr` under 2 minutes on 2 CPU cores.
-CPU_DEFAULTS = {"width": 16, "subset": 4000, "test_subset": 1000}
+CPU_DEFAULTS = {"width": 8, "subset": 4000, "test_subset": 1000}
 GPU_DEFAULTS = {"width": 64, "subset": None, "test_subset": None}
 
 
@@ -136,8 +136,12 @@ def summary(r: dict, out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.command == "train":
-        train(args)
+    try:
+        if args.command == "train":
+            train(args)
+    except (ValueError, FileNotFoundError) as e:  # bad input: say what and how to fix, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
