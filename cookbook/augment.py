@@ -37,6 +37,8 @@ class ViewSpec:
     max_scale: float = 1.0
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop aspect ratio w/h
     hf_prob: float = 0.5
+    rr_prob: float = 0.0            # probability of a random rotation
+    rr_degrees: float | None = None  # rotate by U(-d, d) degrees; None: by a multiple of 90
     cj_prob: float = 0.8
     cj_strength: float = 1.0        # multiplies the four cj_* ranges below
     cj_bright: float = 0.8
@@ -88,15 +90,32 @@ def sample_crops(n: int, spec: ViewSpec, gen=None, device="cpu", tries: int = 10
     return w, h, cx, cy
 
 
-def resized_crop(x: torch.Tensor, w, h, cx, cy, flip, size: int) -> torch.Tensor:
+def sample_angles(n: int, spec: ViewSpec, gen=None, device="cpu") -> torch.Tensor:
+    """Rotation angles in radians ``(n,)``: 0 with probability ``1 - rr_prob``,
+    else uniform in [-rr_degrees, rr_degrees], or a random multiple of 90
+    degrees when ``rr_degrees`` is None (as lightly's ``rr_degrees=None``)."""
+    if spec.rr_degrees is None:
+        angle = (torch.floor(_rand(n, gen, device) * 4) * (math.pi / 2))
+    else:
+        angle = _uniform(-spec.rr_degrees, spec.rr_degrees, n, gen, device) * (math.pi / 180)
+    return torch.where(_rand(n, gen, device) < spec.rr_prob, angle, torch.zeros_like(angle))
+
+
+def resized_crop(x: torch.Tensor, w, h, cx, cy, flip, size: int, angle=None) -> torch.Tensor:
     """Crops boxes ``(w, h, cx, cy)`` (fractions, ``(B,)`` each) out of ``x``
-    ``(B, C, H, W)``, mirrors where ``flip`` ``(B,)`` is true, and resizes
-    bilinearly to ``(B, C, size, size)``."""
+    ``(B, C, H, W)``, mirrors where ``flip`` ``(B,)`` is true, rotates the box
+    by ``angle`` (radians, ``(B,)``, optional; positive turns the content
+    counter-clockwise on screen) about its centre, and resizes
+    bilinearly to ``(B, C, size, size)``. Pixels from outside the image repeat
+    the border."""
     sign = 1.0 - 2.0 * flip.to(x.dtype)
+    cos, sin = (torch.cos(angle), torch.sin(angle)) if angle is not None else (1.0, 0.0)
     theta = torch.zeros(x.shape[0], 2, 3, device=x.device, dtype=x.dtype)
-    theta[:, 0, 0] = w * sign
+    theta[:, 0, 0] = w * sign * cos
+    theta[:, 0, 1] = -h * sin
     theta[:, 0, 2] = 2 * cx - 1
-    theta[:, 1, 1] = h
+    theta[:, 1, 0] = w * sign * sin
+    theta[:, 1, 1] = h * cos
     theta[:, 1, 2] = 2 * cy - 1
     grid = F.affine_grid(theta, [x.shape[0], x.shape[1], size, size], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -185,7 +204,8 @@ def view(x: torch.Tensor, spec: ViewSpec, gen: torch.Generator | None = None) ->
     n, dev = x.shape[0], x.device
     w, h, cx, cy = sample_crops(n, spec, gen, dev)
     flip = _rand(n, gen, dev) < spec.hf_prob
-    y = resized_crop(x, w, h, cx, cy, flip, spec.size)
+    angle = sample_angles(n, spec, gen, dev) if spec.rr_prob > 0 else None
+    y = resized_crop(x, w, h, cx, cy, flip, spec.size, angle)
     if spec.cj_prob > 0:
         y = color_jitter(y, spec, gen)
     if spec.random_gray_scale > 0:

@@ -1,5 +1,4 @@
 import math
-
 import pytest
 import torch
 
@@ -21,7 +20,7 @@ def test_all_ops_off_is_identity():
     torch.testing.assert_close(y, x.float() / 255, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("op", ["cj_prob", "random_gray_scale", "gaussian_blur", "solarization_prob", "hf_prob"])
+@pytest.mark.parametrize("op", ["cj_prob", "random_gray_scale", "gaussian_blur", "solarization_prob", "hf_prob", "rr_prob"])
 def test_each_op_changes_images_at_probability_one(op):
     x = batch()
     y = A.view(x, A.ViewSpec(**{**IDENTITY, op: 1.0}))
@@ -128,3 +127,22 @@ def test_show_views_draws_a_grid():
     matplotlib.use("Agg")
     fig = A.show_views(batch(3), A.simclr(), n_images=3)
     assert len(fig.axes) == 3 * 3
+
+
+def test_rotation_angles():
+    gen = torch.Generator().manual_seed(0)
+    assert (A.sample_angles(100, A.ViewSpec(rr_prob=0.0), gen) == 0).all()
+    quarter = A.sample_angles(2000, A.ViewSpec(rr_prob=1.0), gen) / (math.pi / 2)
+    torch.testing.assert_close(quarter, quarter.round())
+    assert set(quarter.round().long().tolist()) == {0, 1, 2, 3}
+    small = A.sample_angles(2000, A.ViewSpec(rr_prob=0.5, rr_degrees=30.0), gen)
+    assert small.abs().max() <= math.radians(30) + 1e-6
+    assert abs((small == 0).float().mean().item() - 0.5) < 0.05
+
+
+def test_rotating_the_full_image_by_quarter_turns_is_exact():
+    x = torch.rand(1, 3, 8, 8)
+    one, no_flip = torch.ones(1), torch.zeros(1, dtype=torch.bool)
+    for k in (1, 2):
+        y = A.resized_crop(x, one, one, 0.5 * one, 0.5 * one, no_flip, 8, torch.full((1,), k * math.pi / 2))
+        torch.testing.assert_close(y, torch.rot90(x, k, dims=(-2, -1)), atol=1e-5, rtol=0)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cookbook import augment, data, evaluate, methods, models
+from cookbook import data, evaluate, methods, models
 from cookbook.train import fit
 
 

@@ -10,15 +10,6 @@ from torch import nn
 from cookbook import evaluate, metrics
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: one thread avoids oversubscription on a shared machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class TinyModel(nn.Module):
     """Stand-in SSL model: the BatchNorm makes train and eval mode give different outputs."""
 

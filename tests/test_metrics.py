@@ -9,15 +9,6 @@ import torch
 from cookbook import metrics
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Small matrices: one thread avoids oversubscription on a shared machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def gaussian(n, d, seed=0, scale=None):
     g = torch.Generator().manual_seed(seed)
     Z = torch.randn(n, d, generator=g, dtype=torch.float64)

@@ -14,10 +14,7 @@ from cookbook import metrics, plots  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def close_figures():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(previous)
     plt.close("all")
 
 
