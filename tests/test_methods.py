@@ -97,3 +97,156 @@ def test_stop_gradient_changes_the_gradient():
     ga = next(a.projector.parameters()).grad
     gb = next(b.projector.parameters()).grad
     assert not torch.allclose(ga, gb)
+
+
+# --- contrastive methods with negatives: MoCo, NNCLR, DCL ---------------------
+
+def reference_ntxent(z0, z1, tau):
+    """NT-Xent from scratch: over the 2N samples, cosine similarities / tau,
+    the self-similarity masked out, cross-entropy with the other view as target."""
+    n = z0.shape[0]
+    z = torch.nn.functional.normalize(torch.cat([z0, z1]), dim=1)
+    logits = z @ z.T / tau
+    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
+    return torch.nn.functional.cross_entropy(logits, target)
+
+
+@pytest.mark.parametrize("tau", [0.1, 0.5])
+def test_lightly_ntxent_matches_reference(tau):
+    from lightly.loss import NTXentLoss
+    g = torch.Generator().manual_seed(0)
+    z0, z1 = torch.randn(16, 32, generator=g), torch.randn(16, 32, generator=g)
+    torch.testing.assert_close(NTXentLoss(temperature=tau)(z0, z1), reference_ntxent(z0, z1, tau))
+
+
+def test_new_methods_are_registered_and_take_options():
+    m = methods.build("moco", tiny(), queue_size=256)
+    assert isinstance(m, methods.MoCo) and m.queue.shape == (256, 128) and m.embedding_dim == 128
+    assert methods.build("nnclr", tiny(), support_size=64, proj_dim=64).embedding_dim == 64
+    assert methods.build("dcl", tiny()).name == "dcl"
+    for name, cls in (("moco", methods.MoCo), ("nnclr", methods.NNCLR), ("dcl", methods.DCL)):
+        assert cls.name == name and methods.METHODS[name] is cls
+
+
+@pytest.mark.parametrize("cls, options, match", [
+    (methods.MoCo, {"queue_size": -1}, "queue_size"),
+    (methods.MoCo, {"queue_size": 2.5}, "queue_size"),
+    (methods.MoCo, {"temperature": 0}, "temperature"),
+    (methods.MoCo, {"momentum": 1.5}, "momentum"),
+    (methods.NNCLR, {"support_size": 0}, "support_size"),
+    (methods.NNCLR, {"temperature": -0.1}, "temperature"),
+    (methods.DCL, {"temperature": 0}, "temperature"),
+])
+def test_new_methods_reject_bad_options(cls, options, match):
+    with pytest.raises(ValueError, match=match):
+        cls(tiny(), **options)
+
+
+def _keys(m, x):
+    with torch.no_grad():
+        return m.key_projector(m.key_backbone(torch.cat(x))).chunk(2)
+
+
+def test_moco_key_encoder_is_frozen_copy_and_follows_by_ema():
+    m = methods.MoCo(tiny(), queue_size=32, momentum=0.9, momentum_end=0.9)
+    assert len(m._ema_pairs) == 2
+    assert all(not p.requires_grad for p in [*m.key_backbone.parameters(), *m.key_projector.parameters()])
+    m.loss(views()).backward()
+    assert all(p.grad is None for p in m.key_backbone.parameters())
+    s, t = next(m.projector.parameters()), next(m.key_projector.parameters())
+    torch.testing.assert_close(s, t)
+    with torch.no_grad():
+        s.add_(1.0)
+    before = t.clone()
+    m.after_step(0, 10)
+    torch.testing.assert_close(t, 0.9 * before + 0.1 * s)
+
+
+def test_moco_queue_holds_previous_keys_and_serves_as_negatives():
+    import torch.nn.functional as F
+    from lightly.loss import NTXentLoss
+    m = methods.MoCo(tiny(), queue_size=32, proj_dim=16)
+    bank = m.criterion.memory_bank
+    xa, xb = views(seed=0), views(seed=1)
+    m.loss(xa)  # enqueues the 2B = 16 keys of both views: view 1's, then view 0's
+    ka0, ka1 = _keys(m, xa)
+    torch.testing.assert_close(m.queue[:16], F.normalize(torch.cat([ka1, ka0]), dim=1))
+    assert int(bank.bank_ptr) == 16
+    before = m.queue.clone()
+    loss = m.loss(xb)
+    # the second step saw the first step's keys as negatives, in both halves of the symmetric loss
+    with torch.no_grad():
+        q0, q1 = m.projector(m.backbone(torch.cat(xb))).chunk(2)
+    kb0, kb1 = _keys(m, xb)
+    ref = NTXentLoss(temperature=m.temperature, memory_bank_size=(32, 16))
+    ref.memory_bank.bank.copy_(before)
+    expected = 0.5 * (ref(q0, kb1) + ref(q1, kb0))  # detached queries: ref's bank is not updated
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(m.queue[:16], before[:16])
+    torch.testing.assert_close(m.queue[16:], F.normalize(torch.cat([kb1, kb0]), dim=1))
+    assert int(bank.bank_ptr) == 0  # full: wraps around
+    with torch.no_grad():  # scoring without gradients leaves the queue alone
+        m.loss(views(seed=2))
+    torch.testing.assert_close(m.queue[16:], F.normalize(torch.cat([kb1, kb0]), dim=1))
+
+
+def test_moco_without_queue_uses_in_batch_negatives():
+    m = methods.MoCo(tiny(), queue_size=0)
+    assert m.queue.numel() == 0
+    x = views()
+    loss = m.loss(x)
+    loss.backward()
+    assert torch.isfinite(loss) and m.backbone.net[1].weight.grad is not None
+    with torch.no_grad():
+        q0, q1 = m.projector(m.backbone(torch.cat(x))).chunk(2)
+    k0, k1 = _keys(m, x)
+    expected = 0.5 * (reference_ntxent(q0, k1, 0.2) + reference_ntxent(q1, k0, 0.2))
+    torch.testing.assert_close(loss, expected)
+
+
+def test_nnclr_positives_are_nearest_neighbours_from_the_support_set():
+    m = methods.NNCLR(tiny(), support_size=16, proj_dim=16)
+    bank = m.support
+    xa, xb = views(seed=0), views(seed=1)
+
+    def z_and_p(x):
+        with torch.no_grad():
+            z0, z1 = m.projector(m.backbone(torch.cat(x))).chunk(2)
+            return (z0, z1), (m.predictor(z0), m.predictor(z1))
+
+    m.loss(xa)  # enqueues view 0's projections
+    (za0, _), _ = z_and_p(xa)
+    torch.testing.assert_close(bank.bank[:8], za0)
+    before = bank.bank.clone()
+    loss = m.loss(xb)
+    (z0, z1), (p0, p1) = z_and_p(xb)
+
+    def nearest(z):  # both lookups use the support set as it was before the step
+        sim = torch.nn.functional.normalize(z, dim=1) @ torch.nn.functional.normalize(before, dim=1).T
+        return before[sim.argmax(1)]
+
+    expected = 0.5 * (reference_ntxent(nearest(z0), p1, 0.1) + reference_ntxent(nearest(z1), p0, 0.1))
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(bank.bank[8:], z0)
+    # the support set is now full of projections: every neighbour is one of them
+    zc = z_and_p(views(seed=2))[0][0]
+    nn_ = m.nearest_neighbour(zc)
+    stored = torch.cat([za0, z0])
+    assert all(any(torch.equal(row, s) for s in stored) for row in nn_)
+    assert not nn_.requires_grad
+
+
+@pytest.mark.filterwarnings("ignore:To copy construct from a tensor")  # lightly's DCLWLoss
+def test_dcl_loss_is_lightly_dcl_and_differs_from_simclr():
+    from lightly.loss import DCLLoss, DCLWLoss, NTXentLoss
+    x = views()
+    m = methods.DCL(tiny(), temperature=0.2).eval()
+    z0, z1 = m.embedding(x[0]), m.embedding(x[1])
+    loss = m.loss(x)
+    torch.testing.assert_close(loss, DCLLoss(temperature=0.2)(z0, z1))
+    # the positive is out of the denominator: always below NT-Xent on the same embeddings
+    assert loss < NTXentLoss(temperature=0.2)(z0, z1) - 1e-3
+    w = methods.DCL(tiny(), weighted=True).eval()
+    assert isinstance(w.criterion, DCLWLoss)
+    torch.testing.assert_close(w.loss(x), DCLWLoss(temperature=0.1)(w.embedding(x[0]), w.embedding(x[1])))
