@@ -8,10 +8,9 @@ slices batches by index; there is no per-sample DataLoader.
     Procedurally generated, nothing to download, deterministic from ``seed``.
     8 classes, the shape: disk, ring, square, triangle, plus, star, crescent, bar.
     Each image also has a random foreground hue, scale (40-70% of the image
-    width), position and rotation, drawn on a darker, random-colour background with
-    pixel noise. These nuisance factors dominate pixel
-    distances, so raw pixels are a weak representation while the shape stays easy
-    to see. The factors are returned in ``Dataset.factors``.
+    width), position and rotation, drawn on a darker, random-colour background
+    with pixel noise. These nuisance factors dominate pixel distances, so raw
+    pixels are a weak representation while the shape stays easy to see. The factors are returned in ``Dataset.factors``.
 
     Measured on the development machine (2 CPU cores shared with other jobs):
 

@@ -100,6 +100,16 @@ def _forward_both(net, x0, x1):
     return net(x0), net(x1)
 
 
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+
+
+def _check_size(value, what: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
+
+
 class SimCLR(Method):
     """SimCLR (Chen et al., ICML 2020): NT-Xent between two views' embeddings.
 
@@ -117,8 +127,7 @@ class SimCLR(Method):
                  proj_dim: int = 128, temperature: float = 0.5):
         dim = backbone.dim
         super().__init__(backbone, mlp_head(dim, proj_hidden or dim, proj_dim, proj_depth, last_batch_norm=True))
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+        _check_temperature(temperature)
         self.temperature = temperature
         self.criterion = NTXentLoss(temperature=temperature)
         self.embedding_dim = head_dim(self.projector, dim)
@@ -182,16 +191,6 @@ class BYOL(Method):
         else:
             t0, t1 = z0, z1
         return 0.5 * (self.criterion(p0, t1) + self.criterion(p1, t0))
-
-
-def _check_temperature(temperature: float) -> None:
-    if not temperature > 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-
-
-def _check_size(value, what: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
 
 
 class MoCo(Method):
