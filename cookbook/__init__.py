@@ -9,6 +9,7 @@ One module per concern:
 - ``cookbook.train``     ``fit``: optimiser, schedule, checkpoints, history
 - ``cookbook.evaluate``  features, kNN, linear probe
 - ``cookbook.metrics``   RankMe, alpha-ReQ, collapse report
+- ``cookbook.experiment`` studies: train + evaluate a run, choose by a criterion
 - ``cookbook.plots``     spectra and metric-vs-accuracy figures
 - ``cookbook.budget``    notebook budgets and run cards
 - ``cookbook.cli``       ``python -m cookbook``

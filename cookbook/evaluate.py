@@ -9,6 +9,8 @@
 - :func:`linear_probe` trains a multinomial logistic regression on
   standardised frozen features, with learning rate and weight decay chosen on
   a validation split carved from the training labels (never the test labels).
+- :func:`factor_probe` measures how well a linear map recovers a nuisance
+  factor (hue, position, ...) from the features: what a representation kept.
 - :func:`evaluate_model` bundles them with RankMe and α-ReQ
   (:mod:`cookbook.metrics`) into one dict of floats per trained model.
 
@@ -29,6 +31,7 @@ from cookbook import metrics
 
 __all__ = [
     "evaluate_model",
+    "factor_probe",
     "features",
     "knn_accuracy",
     "linear_probe",
@@ -284,6 +287,59 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
             "val_accuracy": val_accuracy[(lr, wd)], "grid": val_accuracy}
 
 
+def _factor_targets(values: torch.Tensor, circular: bool) -> torch.Tensor:
+    values = values.double().reshape(len(values), -1)
+    if circular:  # a hue of 0.99 is next to 0.01: regress the point on the circle
+        angle = 2 * math.pi * values
+        return torch.cat([angle.cos(), angle.sin()], dim=1)
+    return values
+
+
+def _ridge(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights (D, T) and bias (T,) of ridge regression on centred x; ``ridge`` per sample."""
+    x_mean, y_mean = x.mean(0), y.mean(0)
+    xc = x - x_mean
+    gram = xc.T @ xc + ridge * len(x) * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+    weights = torch.linalg.solve(gram, xc.T @ (y - y_mean))
+    return weights, y_mean - x_mean @ weights
+
+
+def _r2(x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor) -> float:
+    residual = ((y - x @ weights - bias) ** 2).sum()
+    total = ((y - y.mean(0)) ** 2).sum()
+    return float(1 - residual / total)
+
+
+def factor_probe(train_features: torch.Tensor, train_values: torch.Tensor, test_features: torch.Tensor,
+                 test_values: torch.Tensor, circular: bool = False, val_fraction: float = 0.1, seed: int = 0,
+                 ridges: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)) -> float:
+    """Test R² of a linear (ridge) regression from frozen features to a factor.
+
+    ``train_values`` / ``test_values``: (N,) or (N, T) floats, e.g. the
+    ``shapes`` factors ``hue`` (``circular=True``: a fraction of a turn,
+    regressed as the point (cos 2πh, sin 2πh)), ``x`` or ``y``. Features are
+    standardised; the ridge strength is chosen on a random validation split of
+    the training samples, then the regression is refitted on all of them and
+    scored on test. R² is 1 for a factor the features determine linearly and
+    about 0 (or below) for one they do not carry; it is pooled over the
+    target's columns. float64 throughout; cost O(N·D² + D³).
+    """
+    if train_features.ndim != 2 or test_features.ndim != 2 or len(train_features) != len(train_values) \
+            or len(test_features) != len(test_values):
+        raise ValueError(f"factor_probe: expected features (N, D) with N values, got "
+                         f"{tuple(train_features.shape)} / {len(train_values)} and "
+                         f"{tuple(test_features.shape)} / {len(test_values)}")
+    if len(train_features) < 10:
+        raise ValueError(f"factor_probe: {len(train_features)} training samples; need at least 10")
+    x, x_test = (f.double().cpu() for f in _standardise(train_features.double(), test_features.double()))
+    y, y_test = _factor_targets(train_values.cpu(), circular), _factor_targets(test_values.cpu(), circular)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, round(val_fraction * len(x)))
+    val, fit_ = order[:n_val], order[n_val:]
+    best = max(ridges, key=lambda r: _r2(x[val], y[val], *_ridge(x[fit_], y[fit_], r)))
+    return _r2(x_test, y_test, *_ridge(x, y, best))
+
+
 def evaluate_model(model: nn.Module, dataset, which: str = "representation", val_fraction: float = 0.1,
                    seed: int = 0, n_spectrum: int = 25_600, batch_size: int = 512) -> dict:
     """Every evaluation of one trained model, as a dict of floats.
@@ -294,7 +350,8 @@ def evaluate_model(model: nn.Module, dataset, which: str = "representation", val
     - ``knn_test``: kNN fitted on the whole train split, scored on test.
     - ``linear_test``: :func:`linear_probe` test accuracy.
     - ``rankme``: RankMe of the embeddings of ``n_spectrum`` (25,600, as in
-      the paper) random training images, or all of them if fewer.
+      the paper) random training images, or all of them if fewer;
+      ``rankme_rep``: RankMe of their representations.
     - ``alpha``: α-ReQ of the representations of the same images; NaN, with
       a warning, when it cannot be fitted (dimension or N too small).
 
@@ -325,6 +382,7 @@ def evaluate_model(model: nn.Module, dataset, which: str = "representation", val
                                                                                batch_size)
     embedding = train_f[subset] if which == "embedding" else _run(model, subset_x, "embedding", batch_size)
     result["rankme"] = metrics.rankme(embedding.to(knn_device))
+    result["rankme_rep"] = metrics.rankme(representation.to(knn_device))
     try:
         result["alpha"] = metrics.alpha_req(representation.to(knn_device)).alpha
     except ValueError as error:

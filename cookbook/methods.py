@@ -153,6 +153,7 @@ class BYOL(Method):
     Args:
         backbone: a module with attribute ``dim``.
         proj_hidden, proj_dim: projector widths (default hidden: ``2 * dim``).
+        proj_depth: linear layers in the projector (2 in the paper; 1 = linear).
         pred_hidden: predictor hidden width (default: ``proj_hidden``).
         momentum, momentum_end: EMA momentum, cosine-scheduled over training.
     """
@@ -161,10 +162,12 @@ class BYOL(Method):
 
     def __init__(self, backbone: nn.Module, proj_hidden: int | None = None, proj_dim: int = 256,
                  predictor: bool = True, pred_hidden: int | None = None, stop_gradient: bool = True,
-                 momentum: float = 0.99, momentum_end: float = 1.0):
+                 momentum: float = 0.99, momentum_end: float = 1.0, proj_depth: int = 2):
         dim = backbone.dim
         hidden = proj_hidden or 2 * dim
-        super().__init__(backbone, mlp_head(dim, hidden, proj_dim, 2), momentum, momentum_end)
+        if proj_depth < 1:
+            raise ValueError(f"BYOL needs a projector (proj_depth >= 1), got proj_depth={proj_depth}")
+        super().__init__(backbone, mlp_head(dim, hidden, proj_dim, proj_depth), momentum, momentum_end)
         if momentum > 0 and not stop_gradient:
             raise ValueError("stop_gradient=False needs momentum=0: a momentum teacher receives no "
                              "gradient anyway. Set momentum=0 to let gradients flow through the target.")

@@ -6,6 +6,8 @@
   quantity behind RankMe (Garrido et al., ICML 2023).
 - :func:`plot_metric_vs_accuracy`: does a label-free metric rank models like
   their accuracy does? Scatter with Spearman's rank correlation ρ.
+- :func:`plot_study`: one study (a sweep of one setting): accuracies and
+  RankMe against the setting.
 
 Each function takes data (torch tensors, numpy arrays, lists, dicts) and an
 optional matplotlib ``ax``, draws on it (or on a new figure) and returns it.
@@ -18,11 +20,11 @@ import warnings
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 
 from cookbook import metrics
+from cookbook.experiment import spearman
 
-__all__ = ["plot_eigenspectrum", "plot_metric_vs_accuracy", "plot_singular_values"]
+__all__ = ["plot_eigenspectrum", "plot_metric_vs_accuracy", "plot_singular_values", "plot_study"]
 
 
 def _axes(ax):
@@ -110,11 +112,46 @@ def plot_metric_vs_accuracy(metric_values, accuracies, labels=None, metric_name:
     ax.scatter(x, y)
     for xi, yi, text in zip(x, y, labels if labels is not None else []):
         ax.annotate(str(text), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize="small")
-    rho = float("nan")
-    if len(x) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
-        rho = spearmanr(x, y).statistic
+    rho = spearman(x, y)
     rho_text = "n/a" if np.isnan(rho) else f"{rho:.2f}"
     ax.set_title(f"{metric_name} vs {accuracy_name}: Spearman ρ = {rho_text} (n = {len(x)})")
     ax.set_xlabel(metric_name)
     ax.set_ylabel(accuracy_name)
+    return ax
+
+
+def plot_study(runs, accuracies=("knn_test", "linear_test"), xlabel: str = "setting", log_x: bool = False,
+               title: str | None = None, ax=None):
+    """One study: accuracies (left axis, %) and RankMe (right axis) against the setting.
+
+    runs: :class:`cookbook.experiment.Run` objects (or anything with
+    ``.setting`` and a ``.metrics`` dict), in the order to draw. Numeric
+    settings are placed by value (``log_x`` for a log axis), others evenly,
+    in the given order. Returns the left Axes.
+    """
+    ax = _axes(ax)
+    settings = [r.setting for r in runs]
+    numeric = all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in settings)
+    x = np.asarray(settings, dtype=float) if numeric else np.arange(len(settings))
+    names = {"knn_test": "kNN (test)", "linear_test": "linear probe (test)", "knn_val": "kNN (validation)",
+             "emb_knn_test": "kNN on projector output", "emb_linear_test": "linear probe on projector output"}
+    for key in accuracies:
+        ax.plot(x, [100 * r.metrics[key] for r in runs], "o-", label=names.get(key, key))
+    if log_x:
+        ax.set_xscale("log")
+    if numeric:
+        ax.set_xticks(x, [f"{s:g}" for s in settings])
+        ax.minorticks_off()
+    else:
+        ax.set_xticks(x, [str(s) for s in settings], rotation=20, ha="right")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy (%)")
+    right = ax.twinx()
+    right.plot(x, [r.metrics["rankme"] for r in runs], "s--", color="0.5", label="RankMe (right axis)")
+    right.set_ylabel("RankMe of the embedding")
+    lines = ax.get_legend_handles_labels()
+    more = right.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize="small", loc="best")
+    if title:
+        ax.set_title(title)
     return ax

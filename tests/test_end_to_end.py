@@ -4,11 +4,12 @@ must beat raw-pixel kNN on the same split by a margin that a broken pipeline
 cannot reach: an untrained network scores below raw pixels, and a run whose
 augmentation, optimiser or loss is broken does not learn the shape.
 
-Margins are set from measurements (printed by this test; see the closing note of
-the package issue): SimCLR reached 0.319 against 0.227 for raw pixels on this
-split in 67 s, so the test asks for +5 points. BYOL does not beat raw pixels at
-this budget yet (0.15-0.19 with either its own or SimCLR's augmentation, 372-496
-steps); its test asserts only that it trains within the budget and its loss falls.
+Margins are set from measurements (printed by this test; see the closing notes
+of the package issue). SimCLR with a linear projector reached 0.500 against
+0.227 for raw pixels on this split (496 steps, 74 s), so the test asks for the
+issue's +15 points. With SimCLR's 2-layer projector the same run reached only
+0.319: at a few hundred steps a linear projector learns much faster, as the
+projector study of chapter 01 also measures.
 """
 
 import pytest
@@ -30,9 +31,9 @@ def knn(method, ds):
 
 @pytest.mark.slow
 def test_simclr_beats_raw_pixels_on_cpu(shapes, capsys):
-    name, margin = "simclr", 0.05
+    name, margin = "simclr", 0.15
     torch.manual_seed(0)
-    method = methods.build(name, models.resnet18(8))
+    method = methods.build(name, models.resnet18(8), proj_depth=1)
     # lightly's SimCLR defaults with crops of at least half the image
     views = augment.simclr(min_scale=0.5)
     untrained = knn(method, shapes)

@@ -176,7 +176,7 @@ def test_evaluate_model_returns_floats_and_nan_alpha_for_small_dimension():
     model, data = TinyModel(), tiny_dataset()
     with pytest.warns(UserWarning, match="alpha"):
         result = evaluate.evaluate_model(model, data, val_fraction=0.25)
-    assert set(result) == {"knn_val", "knn_test", "linear_test", "rankme", "alpha"}
+    assert set(result) == {"knn_val", "knn_test", "linear_test", "rankme", "rankme_rep", "alpha"}
     assert all(type(v) is float for v in result.values())
     assert all(0 <= result[key] <= 1 for key in ("knn_val", "knn_test", "linear_test"))
     assert 1 <= result["rankme"] <= 4 and math.isnan(result["alpha"])
@@ -190,3 +190,36 @@ def test_evaluate_model_returns_floats_and_nan_alpha_for_small_dimension():
     assert result["linear_test"] == pytest.approx(probe)
     embedding = evaluate.features(model, data, "train", "embedding")
     assert result["rankme"] == pytest.approx(metrics.rankme(embedding), rel=1e-9)
+    assert result["rankme_rep"] == pytest.approx(metrics.rankme(train_f), rel=1e-9)
+
+
+# factor_probe ---------------------------------------------------------------
+
+
+def factor_data(n=600, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, generator=g), torch.randn(n, d, generator=g)
+
+
+def test_factor_probe_recovers_a_linearly_encoded_factor_and_not_a_missing_one():
+    value, noise = factor_data()
+    encoded = torch.cat([3 * value[:, None] + 0.01 * noise[:, :1], noise[:, 1:]], dim=1)
+    assert evaluate.factor_probe(encoded[:500], value[:500], encoded[500:], value[500:]) > 0.99
+    assert evaluate.factor_probe(noise[:500], value[:500], noise[500:], value[500:]) < 0.1
+
+
+def test_factor_probe_circular_hue_wraps_around():
+    hue, noise = factor_data()
+    angle = 2 * math.pi * hue
+    on_circle = torch.cat([angle.cos()[:, None], angle.sin()[:, None], noise[:, :4]], dim=1)
+    assert evaluate.factor_probe(on_circle[:500], hue[:500], on_circle[500:], hue[500:], circular=True) > 0.99
+    # the same features cannot give hue as a number on a line: 0.99 and 0.01 sit side by side
+    assert evaluate.factor_probe(on_circle[:500], hue[:500], on_circle[500:], hue[500:]) < 0.9
+
+
+def test_factor_probe_errors():
+    value, noise = factor_data(n=40)
+    with pytest.raises(ValueError, match="expected features"):
+        evaluate.factor_probe(noise[:30], value[:20], noise[30:], value[30:])
+    with pytest.raises(ValueError, match="at least 10"):
+        evaluate.factor_probe(noise[:5], value[:5], noise[30:], value[30:])

@@ -92,6 +92,15 @@ def test_byol_switches():
         methods.BYOL(tiny(), stop_gradient=False)
 
 
+def test_byol_projector_depth():
+    linear = methods.BYOL(tiny(), proj_depth=1, proj_dim=16)
+    assert [m.out_features for m in linear.projector.modules() if isinstance(m, nn.Linear)] == [16]
+    assert linear.embedding(torch.rand(4, 3, 32, 32)).shape == (4, 16)
+    assert linear.loss(views()).ndim == 0
+    with pytest.raises(ValueError, match="proj_depth >= 1"):
+        methods.BYOL(tiny(), proj_depth=0)
+
+
 def test_stop_gradient_changes_the_gradient():
     """Without stop-gradient the target branch also receives gradient, so the
     projector's gradient differs (same weights, same views)."""

@@ -1,5 +1,7 @@
 """Each figure draws what it claims, on the Agg backend."""
 
+from types import SimpleNamespace
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -78,3 +80,23 @@ def test_metric_vs_accuracy_scatter_with_spearman_rho():
     assert "ρ = n/a" in plots.plot_metric_vs_accuracy([1.0, 2.0], [3.0, 4.0]).get_title()
     with pytest.raises(ValueError):
         plots.plot_metric_vs_accuracy([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+def test_plot_study_numeric_and_categorical_settings():
+    def run(setting, knn, linear, rankme):
+        return SimpleNamespace(setting=setting, metrics={"knn_test": knn, "linear_test": linear, "rankme": rankme})
+
+    runs = [run(0.1, 0.2, 0.3, 10.0), run(0.5, 0.4, 0.5, 20.0), run(1.0, 0.3, 0.35, 15.0)]
+    ax = plots.plot_study(runs, xlabel="temperature", log_x=True, title="t")
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "temperature" and ax.get_title() == "t"
+    knn, linear = ax.get_lines()
+    np.testing.assert_allclose(knn.get_ydata(), [20, 40, 30])
+    np.testing.assert_allclose(linear.get_xdata(), [0.1, 0.5, 1.0])
+    (rank_line,) = ax.figure.axes[1].get_lines()
+    np.testing.assert_allclose(rank_line.get_ydata(), [10, 20, 15])
+    assert len(ax.get_legend().get_texts()) == 3
+
+    labelled = [run("none", 0.2, 0.3, 5.0), run("linear", 0.3, 0.4, 6.0)]
+    ax = plots.plot_study(labelled, accuracies=("linear_test",))
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["none", "linear"]
+    np.testing.assert_allclose(ax.get_lines()[0].get_xdata(), [0, 1])

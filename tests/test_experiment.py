@@ -1,0 +1,86 @@
+"""Studies: one run end to end on a tiny dataset, and the choice logic on hand-made runs."""
+
+import math
+
+import pytest
+import torch
+
+from cookbook import data, experiment, methods, models
+from cookbook.experiment import Run
+from cookbook.train import History
+
+
+def fake_run(setting, knn_val, rankme, alpha, linear_test, rankme_rep=None):
+    metrics = {"knn_val": knn_val, "knn_test": knn_val, "linear_test": linear_test, "rankme": rankme,
+               "rankme_rep": rankme if rankme_rep is None else rankme_rep, "alpha": alpha}
+    return Run(str(setting), setting, torch.nn.Identity(), History(steps=10, wall_time_s=1.5), metrics)
+
+
+@pytest.fixture
+def study():
+    # knn_val prefers 0.2, rankme prefers 0.5, alpha (closest to 1) prefers 1.0; test accuracy peaks at 0.2
+    return [fake_run(0.1, 0.30, 20.0, 3.0, 0.40), fake_run(0.2, 0.50, 25.0, 2.0, 0.55),
+            fake_run(0.5, 0.40, 40.0, 0.5, 0.45), fake_run(1.0, 0.35, 30.0, 1.1, 0.35)]
+
+
+def test_choose_follows_each_criterion(study):
+    assert experiment.choose(study, "knn_val").setting == 0.2
+    assert experiment.choose(study, "rankme").setting == 0.5
+    assert experiment.choose(study, "alpha").setting == 1.0  # |1.1 - 1| < |0.5 - 1|
+
+
+def test_choose_skips_nan_and_rejects_bad_input(study):
+    study[3].metrics["alpha"] = float("nan")
+    assert experiment.choose(study, "alpha").setting == 0.5
+    with pytest.raises(ValueError, match="unknown criterion 'accuracy'.*knn_val"):
+        experiment.choose(study, "accuracy")
+    with pytest.raises(ValueError, match="at least one run"):
+        experiment.choose([], "rankme")
+
+
+def test_selection_table_reports_the_choice_and_the_range(study):
+    rows = experiment.selection_table({"temperature": study})
+    assert [r["chosen by"] for r in rows] == list(experiment.CRITERIA)
+    by = {r["chosen by"]: r for r in rows}
+    assert by["knn_val"]["linear_test"] == 0.55 and by["rankme"]["linear_test"] == 0.45
+    assert by["alpha"]["setting"] == 1.0
+    assert all(r["best linear_test"] == 0.55 and r["worst linear_test"] == 0.35 for r in rows)
+
+
+def test_spearman():
+    assert experiment.spearman([1, 2, 3, 4], [10, 20, 25, 40]) == pytest.approx(1.0)
+    assert experiment.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(experiment.spearman([1, 1, 1], [1, 2, 3]))
+    assert math.isnan(experiment.spearman([1, 2], [1, 2]))
+    with pytest.raises(ValueError, match="different lengths"):
+        experiment.spearman([1, 2, 3], [1, 2])
+
+
+def test_table_in_percent_and_rounded(study):
+    frame = experiment.table(study, columns=("knn_test", "rankme", "alpha", "train_s"))
+    assert list(frame.columns) == ["kNN test (%)", "RankMe (embedding)", "α-ReQ", "train (s)"]
+    assert list(frame.index) == [0.1, 0.2, 0.5, 1.0]
+    assert frame.loc[0.2, "kNN test (%)"] == 50.0 and frame.loc[0.1, "train (s)"] == 2
+    with pytest.raises(ValueError, match="unknown columns"):
+        experiment.table(study, columns=("accuracy",))
+
+
+def test_as_setting_shares_the_trained_model(study):
+    again = study[0].as_setting("baseline")
+    assert again.setting == "baseline" and study[0].setting == 0.1
+    assert again.method is study[0].method and again.metrics is study[0].metrics
+
+
+@pytest.mark.filterwarnings("ignore:k = 200 exceeds")
+def test_run_trains_and_evaluates_backbone_and_projector():
+    ds = data.load("shapes", subset=128, test_subset=64, seed=0)
+    torch.manual_seed(0)
+    r = experiment.run("tiny", methods.SimCLR(models.resnet18(2)), ds, setting=0.5, embedding=True, log=False,
+                       epochs=1, batch_size=32, device="cpu")
+    assert r.setting == 0.5 and r.history.steps == 4 and r.seconds > 0
+    assert set(r.metrics) == {"knn_val", "knn_test", "linear_test", "rankme", "rankme_rep", "alpha",
+                              "emb_knn_test", "emb_linear_test"}
+    assert all(0 <= r.metrics[k] <= 1 for k in ("knn_val", "knn_test", "emb_linear_test"))
+    assert 1 <= r.metrics["rankme"] <= 128 and 1 <= r.metrics["rankme_rep"] <= r.method.backbone.dim
+    row = r.row()
+    assert row["run"] == "tiny" and row["steps"] == 4 and row["final_loss"] == r.history.final_loss
