@@ -383,11 +383,12 @@ def _load_folder(path_text: str, image_size: int | None) -> Dataset:
                 with np.load(cache_file) as z:
                     arrays = {k: torch.from_numpy(z[k]) for k in ("train_x", "train_y", "test_x", "test_y")}
                     classes = z["classes"].tolist()
-                return Dataset(f"folder:{path}", **arrays, classes=classes)
+                return Dataset(f"folder:{path_text}", **arrays, classes=classes)
             except Exception as e:
                 warnings.warn(f"ignoring unreadable cache {cache_file} ({e}); decoding {path} again")
 
     ds, resized = _decode_tree(path, image_size)
+    ds.name = f"folder:{path_text}"  # as the caller wrote it: a printed name never reveals an absolute path
     cache_file = _cache_file(path, stat_key, image_size if resized else None)
     tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
     try:

@@ -195,7 +195,14 @@ def test_folder_plain(tmp_path):
     root = make_tree(tmp_path / "pets")
     ds = data.load(f"folder:{root}")
     check_pets(ds)
-    assert ds.factors is None and ds.name.startswith("folder:")
+    assert ds.factors is None and ds.name == f"folder:{root}"
+
+
+def test_folder_name_is_the_path_as_given(tmp_path, monkeypatch):
+    make_tree(tmp_path / "pets")
+    monkeypatch.chdir(tmp_path)
+    assert data.load("folder:pets").name == "folder:pets"  # decoded
+    assert data.load("folder:./pets").name == "folder:./pets"  # from the cache
 
 
 @pytest.mark.parametrize("suffix,wrapped", [
