@@ -366,6 +366,7 @@ def _load_folder(path_text: str, image_size: int | None) -> Dataset:
     if not path_text:
         raise DataError("folder: needs a path, e.g. load('folder:/data/my_images')")
     path = Path(path_text).expanduser().absolute()
+    name = f"folder:{path_text}"  # as the caller wrote it: a printed name never reveals an absolute path
     if not path.exists():
         raise DataError(f"{path} does not exist; pass an existing folder or .tar/.tar.gz/.tgz/.tar.xz archive "
                         f"laid out as train/<class>/<image> and test/<class>/<image>")
@@ -383,12 +384,12 @@ def _load_folder(path_text: str, image_size: int | None) -> Dataset:
                 with np.load(cache_file) as z:
                     arrays = {k: torch.from_numpy(z[k]) for k in ("train_x", "train_y", "test_x", "test_y")}
                     classes = z["classes"].tolist()
-                return Dataset(f"folder:{path_text}", **arrays, classes=classes)
+                return Dataset(name, **arrays, classes=classes)
             except Exception as e:
                 warnings.warn(f"ignoring unreadable cache {cache_file} ({e}); decoding {path} again")
 
     ds, resized = _decode_tree(path, image_size)
-    ds.name = f"folder:{path_text}"  # as the caller wrote it: a printed name never reveals an absolute path
+    ds.name = name
     cache_file = _cache_file(path, stat_key, image_size if resized else None)
     tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
     try:

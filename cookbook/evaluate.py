@@ -331,7 +331,7 @@ def factor_probe(train_features: torch.Tensor, train_values: torch.Tensor, test_
                          f"{tuple(test_features.shape)} / {len(test_values)}")
     if len(train_features) < 10:
         raise ValueError(f"factor_probe: {len(train_features)} training samples; need at least 10")
-    x, x_test = (f.double().cpu() for f in _standardise(train_features.double(), test_features.double()))
+    x, x_test = _standardise(train_features.double().cpu(), test_features.double().cpu())
     y, y_test = _factor_targets(train_values.cpu(), circular), _factor_targets(test_values.cpu(), circular)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     n_val = max(1, round(val_fraction * len(x)))

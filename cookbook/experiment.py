@@ -102,8 +102,9 @@ def run(name: str, method, dataset, *, setting=None, embedding: bool = False, lo
     start = time.perf_counter()
     scores = evaluate.evaluate_model(method, dataset)
     if embedding:
-        emb = evaluate.evaluate_model(method, dataset, which="embedding")
-        scores.update(emb_knn_test=emb["knn_test"], emb_linear_test=emb["linear_test"])
+        train_e, test_e = (evaluate.features(method, dataset, split, "embedding") for split in ("train", "test"))
+        scores["emb_knn_test"] = evaluate.knn_accuracy(train_e, dataset.train_y, test_e, dataset.test_y)
+        scores["emb_linear_test"] = evaluate.linear_probe(train_e, dataset.train_y, test_e, dataset.test_y)
     result = Run(name, name if setting is None else setting, method, history, scores,
                  time.perf_counter() - start)
     if log:
@@ -131,7 +132,7 @@ def table(runs: list[Run], columns=("knn_val", "knn_test", "linear_test", "rankm
     frame = pd.DataFrame(table_rows(runs)).set_index(index)
     frame = frame[list(columns)].astype(float)
     for key in columns:
-        header, decimals = COLUMNS[key]
+        decimals = COLUMNS[key][1]
         values = frame[key] * (100 if key in _PERCENT else 1)
         frame[key] = values.round(decimals).astype(int) if decimals == 0 else values.round(decimals)
     return frame.rename(columns={key: COLUMNS[key][0] for key in columns})
@@ -148,9 +149,8 @@ def choose(runs: list[Run], criterion: str) -> Run:
     """The run that ``criterion`` (one of :data:`CRITERIA`) prefers.
 
     Highest ``knn_val``, highest ``rankme`` / ``rankme_rep``, or ``alpha``
-    closest to 1; runs
-    whose criterion is NaN are never chosen unless all are. Ties go to the
-    earlier run.
+    closest to 1; runs whose criterion is NaN are never chosen unless all are.
+    Ties go to the earlier run.
     """
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
