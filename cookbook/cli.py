@@ -2,7 +2,8 @@
 
     python -m cookbook train --method simclr --dataset shapes --epochs 5 --out runs/demo
 
-trains, evaluates with kNN on the test split, writes ``OUT/metrics.json`` and
+trains, evaluates with kNN on the test split (beside the same kNN on raw pixels,
+the baseline to beat), writes ``OUT/metrics.json`` and
 ``OUT/checkpoint.pt``, and prints a one-screen summary.
 """
 
@@ -103,12 +104,15 @@ def train(args) -> dict:
     train_f = evaluate.features(method, ds, "train")
     test_f = evaluate.features(method, ds, "test")
     knn = evaluate.knn_accuracy(train_f, ds.train_y.cpu(), test_f, ds.test_y.cpu())
+    # the same kNN on raw pixels: the baseline that says whether training taught the network anything
+    knn_pixels = evaluate.knn_accuracy(evaluate.pixels(ds, "train"), ds.train_y,
+                                       evaluate.pixels(ds, "test"), ds.test_y)
     emb = evaluate.features(method, ds, "train", which="embedding")[:25_600]
     result = {
         "method": args.method, "dataset": ds.name, "train_size": len(ds.train_x), "test_size": len(ds.test_x),
         "backbone": models.describe(net), "options": _options(args.set), "epochs": args.epochs,
         "batch_size": args.batch_size, "device": history.device,
-        "knn_test": float(knn), "rankme": float(metrics.rankme(emb)),
+        "knn_test": float(knn), "knn_test_raw_pixels": float(knn_pixels), "rankme": float(metrics.rankme(emb)),
         "wall_time_s": time.perf_counter() - t0, "history": history.to_dict(),
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -126,7 +130,8 @@ def summary(r: dict, out: Path) -> str:
         f"  training     {r['epochs']} epochs, {h['steps']} steps of {r['batch_size']}, {h['wall_time_s']:.1f} s "
         f"on {r['device']} ({h['images_per_s']:.0f} img/s, peak memory {h['peak_memory_mb']:.0f} MB)",
         f"  final loss   {h['epochs'][-1]['loss']:.4f}" if h["epochs"] else "  final loss   -",
-        f"  kNN (test)   {100 * r['knn_test']:.1f} %   (k=200, cosine, T=0.1)",
+        f"  kNN (test)   {100 * r['knn_test']:.1f} %   (k=200, cosine, T=0.1; "
+        f"raw pixels: {100 * r['knn_test_raw_pixels']:.1f} %)",
         f"  RankMe       {r['rankme']:.1f}   (embedding, train images)",
         f"  total time   {r['wall_time_s']:.1f} s",
         f"  wrote        {out / 'metrics.json'}, {out / 'checkpoint.pt'}",

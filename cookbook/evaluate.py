@@ -94,6 +94,16 @@ def features(model: nn.Module, dataset, split: str = "train", which: str = "repr
     return _run(model, x, which, batch_size)
 
 
+def pixels(dataset, split: str = "train") -> torch.Tensor:
+    """The raw-pixel baseline: every image of ``dataset.split(split)`` flattened,
+    float32 ``(N, 3·H·W)`` in [0, 1], on the dataset's device. A representation
+    is worth learning only if it beats these features on kNN or a probe."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    x, _ = dataset.split(split)
+    return x.flatten(1).float() / 255
+
+
 def _check_labelled(feats: torch.Tensor, labels: torch.Tensor, name: str) -> None:
     if feats.ndim != 2 or labels.ndim != 1 or len(feats) != len(labels):
         raise ValueError(

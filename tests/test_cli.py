@@ -43,7 +43,9 @@ def test_train_writes_metrics_and_checkpoint(tmp_path):
     assert result["method"] == "byol" and result["options"] == {"momentum": 0.9}
     assert result["history"]["steps"] == 2 * (256 // 64)
     assert 0 <= result["knn_test"] <= 1 and result["rankme"] >= 1
+    assert 0 <= result["knn_test_raw_pixels"] <= 1
     assert "kNN (test)" in run.stdout and "RankMe" in run.stdout
+    assert f"raw pixels: {100 * result['knn_test_raw_pixels']:.1f} %" in run.stdout
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 2
 

@@ -54,8 +54,8 @@ def test_simclr_beats_raw_pixels_on_cpu(shapes, capsys):
     untrained = knn(method, shapes)
     h = fit(method, shapes, epochs=8, batch_size=64, lr=0.3, views=views, progress=False, log=False)
     trained = knn(method, shapes)
-    raw = evaluate.knn_accuracy(shapes.train_x.flatten(1).float(), shapes.train_y,
-                                shapes.test_x.flatten(1).float(), shapes.test_y)
+    raw = evaluate.knn_accuracy(evaluate.pixels(shapes, "train"), shapes.train_y,
+                                evaluate.pixels(shapes, "test"), shapes.test_y)
     with capsys.disabled():
         print(f"\n{name}: {h.wall_time_s:.0f} s, {h.steps} steps, loss {h.epochs[0]['loss']:.3f} -> "
               f"{h.final_loss:.3f}; kNN untrained {untrained:.3f}, raw pixels {raw:.3f}, trained {trained:.3f}")

@@ -74,6 +74,16 @@ def test_features_rejects_unknown_which_and_split():
         evaluate.features(model, data, "val")
 
 
+def test_pixels_are_flattened_images_in_unit_range():
+    data = tiny_dataset()
+    px = evaluate.pixels(data, "test")
+    assert px.shape == (40, 3 * 4 * 4) and px.dtype == torch.float32
+    assert px[3, 5] == data.test_x[3].flatten()[5].item() / 255  # pixel order of flatten(): C, H, W
+    assert 0 <= px.min() and px.max() <= 1
+    with pytest.raises(ValueError, match="split"):
+        evaluate.pixels(data, "val")
+
+
 # kNN ------------------------------------------------------------------------
 
 
