@@ -150,6 +150,11 @@ class BYOL(Method):
     - ``stop_gradient=False`` (only with ``momentum=0``) lets gradients flow
       through the target as well.
 
+    At CPU budgets BYOL learns little: with ResNet-18 width 8 on ``shapes``
+    (300-1,240 steps) its kNN accuracy stayed at or below that of raw pixels in
+    every one of 38 settings we tried, where SimCLR is far above it at 500
+    steps; the measurements are in ``tests/test_end_to_end.py``.
+
     Args:
         backbone: a module with attribute ``dim``.
         proj_hidden, proj_dim: projector widths (default hidden: ``2 * dim``).
