@@ -86,22 +86,23 @@ def features(model: nn.Module, dataset, split: str = "train", which: str = "repr
     Returns a float32 CPU tensor (N, D). Cost: one forward pass over N images;
     memory O(N·D) on the CPU plus one batch on the device.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
-    x, _ = dataset.split(split)
-    return _run(model, x, which, batch_size)
+    return _run(model, _images(dataset, split), which, batch_size)
 
 
 def pixels(dataset, split: str = "train") -> torch.Tensor:
     """The raw-pixel baseline: every image of ``dataset.split(split)`` flattened,
     float32 ``(N, 3·H·W)`` in [0, 1], on the dataset's device. A representation
     is worth learning only if it beats these features on kNN or a probe."""
+    return _images(dataset, split).flatten(1).float() / 255
+
+
+def _images(dataset, split: str) -> torch.Tensor:
+    """uint8 images (N, 3, H, W) of ``split`` ("train" or "test")."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    x, _ = dataset.split(split)
-    return x.flatten(1).float() / 255
+    return dataset.split(split)[0]
 
 
 def _check_labelled(feats: torch.Tensor, labels: torch.Tensor, name: str) -> None:
