@@ -8,8 +8,10 @@ normalisation. Each backbone has an attribute ``dim``: the size of its output
 - :func:`resnet18`: CIFAR-style ResNet-18 (He et al., 2016) - 3x3 stem, no
   max-pool - with a width multiplier: ``width`` channels in the first stage
   (64 is the standard network, 11.2 M parameters; ``dim = 8 * width``).
-- :func:`vit_tiny`: a small ViT with 4x4 patches for 32x32 images, built on
-  torchvision's ``VisionTransformer``; its output is the class token.
+- :func:`resnet10`: the same with one block per stage (the CPU testbed's
+  backbone at width 16: 0.31 M parameters, ``dim = 128``).
+- :func:`vit_tiny`: a small ViT built on torchvision's ``VisionTransformer``;
+  its output is the class token or the mean of the patch tokens.
 - :func:`mlp_head`: projection/prediction heads built on lightly's
   ``ProjectionHead`` with configurable depth (0 = no head at all).
 """
@@ -60,7 +62,7 @@ class ResNet(nn.Module):
         super().__init__()
         if width < 1:
             raise ValueError(f"width must be a positive number of channels, got {width}")
-        self.width, self.dim = width, 8 * width
+        self.width, self.dim, self.blocks = width, 8 * width, tuple(blocks)
         layers = [Normalize(), nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
         c_in = width
         for stage, n in enumerate(blocks):
@@ -81,16 +83,27 @@ def resnet18(width: int = 64) -> ResNet:
     return ResNet((2, 2, 2, 2), width)
 
 
-class ViT(nn.Module):
-    """torchvision's VisionTransformer without its classifier; returns the class token."""
+def resnet10(width: int = 16) -> ResNet:
+    """CIFAR-style ResNet with one BasicBlock per stage (ResNet-10)."""
+    return ResNet((1, 1, 1, 1), width)
 
-    def __init__(self, image_size=32, patch_size=4, dim=192, depth=6, heads=3, mlp_ratio=4):
+
+class ViT(nn.Module):
+    """torchvision's VisionTransformer without its classifier.
+
+    ``pool="cls"`` returns the class token; ``pool="mean"`` the mean of the
+    patch tokens after the last layer norm (what MAE's probes use).
+    """
+
+    def __init__(self, image_size=32, patch_size=4, dim=192, depth=6, heads=3, mlp_ratio=4, pool="cls"):
         super().__init__()
         from torchvision.models.vision_transformer import VisionTransformer
 
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
-        self.dim = dim
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+        self.dim, self.pool = dim, pool
         self.normalize = Normalize()
         self.vit = VisionTransformer(image_size=image_size, patch_size=patch_size, num_layers=depth,
                                      num_heads=heads, hidden_dim=dim, mlp_dim=mlp_ratio * dim)
@@ -98,23 +111,32 @@ class ViT(nn.Module):
 
     def forward(self, x):
         """``(B, 3, image_size, image_size)`` in [0, 1] -> ``(B, dim)``."""
-        return self.vit(self.normalize(x))
+        if self.pool == "cls":
+            return self.vit(self.normalize(x))
+        tokens = self.vit._process_input(self.normalize(x))
+        tokens = torch.cat([self.vit.class_token.expand(len(x), -1, -1), tokens], dim=1)
+        return self.vit.encoder(tokens)[:, 1:].mean(dim=1)
 
 
-def vit_tiny(image_size: int = 32, patch_size: int = 4, dim: int = 192, depth: int = 6, heads: int = 3) -> ViT:
-    """A ViT-Tiny-like encoder (192 wide, 3 heads) with 4x4 patches, 6 layers."""
-    return ViT(image_size, patch_size, dim, depth, heads)
+def vit_tiny(image_size: int = 32, patch_size: int = 4, dim: int = 192, depth: int = 6, heads: int = 3,
+             pool: str = "cls") -> ViT:
+    """A ViT-Tiny-like encoder (192 wide, 3 heads, 6 layers), 4x4 patches by default."""
+    return ViT(image_size, patch_size, dim, depth, heads, pool=pool)
 
 
-BACKBONES = ("resnet18", "vit_tiny")
+BACKBONES = ("resnet18", "resnet10", "vit_tiny")
 
 
-def backbone(name: str = "resnet18", width: int = 64, image_size: int = 32) -> nn.Module:
-    """Builds a backbone by name: ``resnet18`` (uses ``width``) or ``vit_tiny``."""
+def backbone(name: str = "resnet18", width: int = 64, image_size: int = 32, **vit_options) -> nn.Module:
+    """Builds a backbone by name: ``resnet18`` or ``resnet10`` (use ``width``)
+    or ``vit_tiny`` (uses ``image_size`` and ``vit_options``: ``patch_size``,
+    ``dim``, ``depth``, ``heads``, ``pool``)."""
     if name == "resnet18":
         return resnet18(width)
+    if name == "resnet10":
+        return resnet10(width)
     if name == "vit_tiny":
-        return vit_tiny(image_size=image_size)
+        return vit_tiny(image_size=image_size, **vit_options)
     raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
 
 
@@ -122,7 +144,8 @@ def describe(net: nn.Module) -> str:
     """One line for run cards, e.g. ``ResNet-18 width 16 (0.70 M parameters)``."""
     n = sum(p.numel() for p in net.parameters()) / 1e6
     if isinstance(net, ResNet):
-        return f"ResNet-18 width {net.width} ({n:.2f} M parameters)"
+        depth = 2 + 2 * sum(net.blocks)  # the stem, two convolutions a block, the classifier
+        return f"ResNet-{depth} width {net.width} ({n:.2f} M parameters)"
     return f"{type(net).__name__} dim {getattr(net, 'dim', '?')} ({n:.2f} M parameters)"
 
 

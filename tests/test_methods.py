@@ -14,7 +14,10 @@ def views(n=8, seed=0):
     return [torch.rand(n, 3, 32, 32, generator=g), torch.rand(n, 3, 32, 32, generator=g)]
 
 
-@pytest.mark.parametrize("name", sorted(methods.METHODS))
+TWO_VIEW = sorted(set(methods.METHODS) - {"mae"})
+
+
+@pytest.mark.parametrize("name", TWO_VIEW)
 def test_interface(name):
     m = methods.build(name, tiny())
     x = views()
@@ -252,3 +255,176 @@ def test_dcl_loss_is_lightly_dcl_and_differs_from_simclr():
     w = methods.DCL(tiny(), weighted=True).eval()
     assert isinstance(w.criterion, DCLWLoss)
     torch.testing.assert_close(w.loss(x), DCLWLoss(temperature=0.1)(w.embedding(x[0]), w.embedding(x[1])))
+
+
+# --- the package is organised by family -----------------------------------
+
+def test_methods_live_in_their_family_module():
+    from cookbook.methods import cca, contrastive, distillation, mim
+    families = {contrastive: {"simclr", "moco", "nnclr", "dcl"}, distillation: {"byol", "simsiam"},
+                cca: {"vicreg"}, mim: {"mae"}}
+    for module, names in families.items():
+        assert {methods.METHODS[n].__module__ for n in names} == {module.__name__}
+    assert set(methods.METHODS) == set().union(*families.values())
+
+
+# --- SimSiam ---------------------------------------------------------------
+
+def test_simsiam_loss_is_symmetric_negative_cosine_with_stop_gradient():
+    import torch.nn.functional as F
+    m = methods.SimSiam(tiny()).eval()
+    x = views()
+    with torch.no_grad():
+        z0, z1 = m.embedding(x[0]), m.embedding(x[1])
+        p0, p1 = m.predictor(z0), m.predictor(z1)
+    expected = -0.5 * (F.cosine_similarity(p0, z1).mean() + F.cosine_similarity(p1, z0).mean())
+    torch.testing.assert_close(m.loss(x), expected)
+
+
+def test_simsiam_target_gets_no_gradient_unless_asked():
+    torch.manual_seed(0)
+    a, b = methods.SimSiam(tiny()), methods.SimSiam(tiny(), stop_gradient=False)
+    b.load_state_dict(a.state_dict())
+    x = views()
+    for m in (a, b):
+        m.loss(x).backward()
+    assert not torch.allclose(next(a.projector.parameters()).grad, next(b.projector.parameters()).grad)
+    assert a._ema_pairs == []  # no teacher
+
+
+def test_simsiam_heads_are_the_papers():
+    m = methods.SimSiam(tiny())  # dim 32: projector 128-128-128, predictor 128-32-128
+    assert [l.out_features for l in m.projector.modules() if isinstance(l, nn.Linear)] == [128, 128, 128]
+    assert [l.out_features for l in m.predictor.modules() if isinstance(l, nn.Linear)] == [32, 128]
+    assert isinstance(list(m.projector.modules())[-1], nn.BatchNorm1d)  # batch norm on the output too
+
+
+def test_simsiam_predictor_learning_rate_is_not_decayed():
+    from cookbook import data
+    from cookbook.train import fit
+    ds = data.load("shapes", subset=64, test_subset=16, image_size=16)
+    m = methods.SimSiam(models.resnet10(2))
+    assert m.fixed_lr_modules() == [m.predictor]
+    seen = {}
+    original = m.after_step
+
+    def spy(step, total):
+        seen[step] = [(g["fixed_lr"], g["lr"]) for g in spy.opt.param_groups]
+        original(step, total)
+
+    import torch.optim
+    real_sgd = torch.optim.SGD
+
+    def capture(*a, **k):
+        spy.opt = real_sgd(*a, **k)
+        return spy.opt
+
+    m.after_step = spy
+    torch.optim.SGD = capture
+    try:
+        fit(m, ds, steps=4, batch_size=16, lr=0.1, lr_rule="none", warmup_epochs=0, progress=False, log=False)
+    finally:
+        torch.optim.SGD = real_sgd
+    last = seen[3]
+    assert {lr for fixed, lr in last if fixed} == {0.1}  # held at the peak
+    assert all(lr < 0.1 for fixed, lr in last if not fixed)  # the rest decays
+    assert methods.SimSiam(tiny(), fixed_predictor_lr=False).fixed_lr_modules() == []
+
+
+# --- VICReg ----------------------------------------------------------------
+
+def reference_vicreg(z0, z1, lam=25.0, mu=25.0, nu=1.0, eps=1e-4):
+    """VICReg's loss from the paper's equations (Bardes et al., 2022, Eqs. 1-6), with the
+    variance term averaged over the two branches as in the authors' code (and lightly)."""
+    n, d = z0.shape
+    invariance = ((z0 - z1) ** 2).sum(1).mean() / d  # mean squared error
+
+    def variance(z):
+        return torch.relu(1 - (z.var(0) + eps).sqrt()).mean()
+
+    def covariance(z):
+        z = z - z.mean(0)
+        cov = z.T @ z / (n - 1)
+        return (cov.pow(2).sum() - cov.diagonal().pow(2).sum()) / d
+
+    return lam * invariance + mu * (variance(z0) + variance(z1)) / 2 + nu * (covariance(z0) + covariance(z1))
+
+
+def test_vicreg_loss_matches_the_papers_equation():
+    m = methods.VICReg(tiny(), lambda_=10.0, mu=20.0, nu=2.0).eval()
+    x = views(n=16)
+    with torch.no_grad():
+        z0, z1 = m.embedding(x[0]), m.embedding(x[1])
+    torch.testing.assert_close(m.loss(x), reference_vicreg(z0, z1, 10.0, 20.0, 2.0), rtol=1e-4, atol=1e-5)
+
+
+def test_vicreg_options():
+    m = methods.VICReg(tiny())
+    assert m.embedding_dim == 128 and m.embedding(torch.rand(4, 3, 32, 32)).shape == (4, 128)
+    assert [l.out_features for l in m.projector.modules() if isinstance(l, nn.Linear)] == [128, 128, 128]
+    with pytest.raises(ValueError, match="mu"):
+        methods.VICReg(tiny(), mu=-1)
+    with pytest.raises(ValueError, match="expander"):
+        methods.VICReg(tiny(), proj_depth=0)
+
+
+# --- MAE -------------------------------------------------------------------
+
+def tiny_vit(image_size=16, patch_size=4):
+    return models.vit_tiny(image_size=image_size, patch_size=patch_size, dim=32, depth=1, heads=2, pool="mean")
+
+
+@pytest.mark.parametrize("ratio,patches", [(0.75, 16), (0.5, 64), (0.9, 49), (0.3, 10)])
+def test_patch_mask_hides_exactly_round_ratio_times_patches(ratio, patches):
+    keep, masked = methods.random_patch_mask(32, patches, ratio, torch.Generator().manual_seed(0))
+    assert masked.shape == (32, round(ratio * patches)) and keep.shape == (32, patches - round(ratio * patches))
+    together = torch.cat([keep, masked], 1).sort(1).values
+    assert torch.equal(together, torch.arange(patches).expand(32, -1))  # disjoint, and all patches
+    assert len({tuple(r.tolist()) for r in masked.sort(1).values}) > 1  # a different mask per image
+
+
+def test_patch_mask_rejects_ratios_that_hide_nothing_or_everything():
+    for ratio in (0.0, 1.0, 0.01):
+        with pytest.raises(ValueError, match="ratio"):
+            methods.random_patch_mask(2, 16, ratio)
+
+
+def test_mae_loss_is_mse_on_masked_patches_only():
+    torch.manual_seed(0)
+    m = methods.MAE(tiny_vit(), mask_ratio=0.75, decoder_dim=16, decoder_depth=1, decoder_heads=2)
+    x = torch.rand(4, 3, 16, 16)
+    prediction, target, masked = m.reconstruct(x, torch.Generator().manual_seed(1))
+    assert prediction.shape == target.shape == (4, 12, 48) and masked.shape == (4, 12)
+    full = m.targets(x)
+    torch.testing.assert_close(target, torch.stack([full[i, masked[i]] for i in range(4)]))
+    # norm_pix: each target patch has mean 0 and variance 1
+    torch.testing.assert_close(target.mean(-1), torch.zeros(4, 12), atol=1e-5, rtol=0)
+    loss = m.loss([x])
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert m.backbone.vit.conv_proj.weight.grad is not None  # the encoder the probes use is trained
+
+
+def test_mae_encoder_sees_only_visible_patches():
+    """Changing a masked patch's pixels cannot change the encoding of the visible ones."""
+    torch.manual_seed(0)
+    m = methods.MAE(tiny_vit(), decoder_dim=16, decoder_depth=1, decoder_heads=2).eval()
+    x = torch.rand(2, 3, 16, 16)
+    keep, masked = methods.random_patch_mask(2, 16, 0.75, torch.Generator().manual_seed(0))
+    idx = torch.cat([torch.zeros(2, 1, dtype=torch.long), keep + 1], 1)
+    a = m.encoder.encode(m.backbone.normalize(x), idx_keep=idx)
+    y = x.clone()
+    row, col = divmod(int(masked[0, 0]), 4)
+    y[0, :, 4 * row:4 * row + 4, 4 * col:4 * col + 4] = 0.5
+    b = m.encoder.encode(m.backbone.normalize(y), idx_keep=idx)
+    torch.testing.assert_close(a, b)
+
+
+def test_mae_needs_a_vit_and_one_view():
+    with pytest.raises(ValueError, match="vit_tiny"):
+        methods.MAE(tiny())
+    m = methods.MAE(tiny_vit(), decoder_dim=16, decoder_depth=1, decoder_heads=2)
+    with pytest.raises(ValueError, match="1 view"):
+        m.loss(views(n=2))
+    assert len(m.default_views(16)) == 1
+    assert m.representation(torch.rand(3, 3, 16, 16)).shape == (3, 32)

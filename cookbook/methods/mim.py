@@ -1,0 +1,123 @@
+"""Masked image modeling (chapter 04): hide most of an image's patches and
+reconstruct their pixels from the rest.
+
+- :class:`MAE`: the encoder sees only the visible patches; a light decoder
+  fills in mask tokens and predicts the hidden patches' pixels.
+- :func:`random_patch_mask`: the batched, index-based mask both share.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from lightly.models import utils as lightly_utils
+from lightly.models.modules.masked_autoencoder import MAEDecoder
+from lightly.models.modules.masked_vision_transformer_torchvision import MaskedVisionTransformerTorchvision
+
+from cookbook import augment
+from cookbook.methods.base import Method, register
+
+
+def random_patch_mask(batch_size: int, num_patches: int, ratio: float,
+                      generator: torch.Generator | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which patches each image hides: ``round(ratio * num_patches)`` of them,
+    chosen uniformly at random per image, with no Python loop.
+
+    Returns ``(keep, masked)``: int64 ``(B, P - M)`` and ``(B, M)`` patch
+    indices in ``[0, P)``, disjoint per row and together a permutation of it.
+    """
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"mask ratio must lie strictly between 0 and 1, got {ratio}")
+    n_masked = round(ratio * num_patches)
+    if not 0 < n_masked < num_patches:
+        raise ValueError(f"mask ratio {ratio} of {num_patches} patches masks {n_masked}: "
+                         f"choose a ratio that hides at least one patch and keeps one")
+    order = torch.rand(batch_size, num_patches, generator=generator, device=device).argsort(dim=1)
+    return order[:, n_masked:], order[:, :n_masked]
+
+
+@register
+class MAE(Method):
+    """MAE (He et al., CVPR 2022): a ViT encoder that sees only the visible
+    patches, and a small Transformer decoder that predicts the pixels of the
+    masked ones. The loss is the mean squared error over masked patches only,
+
+    ``L = 1/|M| Σ_{i∈M} ||x̂_i - t_i||² / (3 p²)``,
+
+    where the target ``t_i`` is the patch's pixels, normalised by the patch's
+    own mean and variance when ``norm_pix`` (the paper's better variant).
+
+    Built on lightly's torchvision helpers (no timm): the encoder is the
+    backbone's ``VisionTransformer`` seen through
+    ``MaskedVisionTransformerTorchvision`` (weights shared, so
+    :meth:`representation` is the trained encoder), the decoder is
+    ``MAEDecoder``. Each step masks one random view per image; the method
+    takes a one-view augmentation (crop and flip, no colour jitter, as the
+    paper).
+
+    Args:
+        backbone: a :class:`cookbook.models.ViT`.
+        mask_ratio: fraction of patches hidden (0.75 in the paper).
+        decoder_dim, decoder_depth, decoder_heads: decoder size (512, 8, 16 in
+            the paper for ViT-L; small models want a small decoder).
+        norm_pix: normalise each target patch by its own mean and std.
+    """
+
+    name = "mae"
+
+    def __init__(self, backbone: nn.Module, mask_ratio: float = 0.75, decoder_dim: int = 128,
+                 decoder_depth: int = 2, decoder_heads: int = 4, norm_pix: bool = True):
+        if not hasattr(backbone, "vit"):
+            raise ValueError("MAE needs a ViT backbone (cookbook.models.vit_tiny); "
+                             f"got {type(backbone).__name__}: use --backbone vit_tiny")
+        super().__init__(backbone)
+        random_patch_mask(1, backbone.vit.seq_length - 1, mask_ratio)  # validates the ratio
+        vit = backbone.vit
+        self.patch_size, self.mask_ratio, self.norm_pix = vit.patch_size, mask_ratio, norm_pix
+        self.encoder = MaskedVisionTransformerTorchvision(vit=vit)
+        self.decoder = MAEDecoder(seq_length=vit.seq_length, num_layers=decoder_depth, num_heads=decoder_heads,
+                                  embed_input_dim=vit.hidden_dim, hidden_dim=decoder_dim,
+                                  mlp_dim=4 * decoder_dim, out_dim=3 * vit.patch_size**2)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        torch.nn.init.normal_(self.mask_token, std=0.02)
+        self.embedding_dim = backbone.dim
+
+    def default_views(self, size: int = 32) -> augment.Views:
+        # the paper's augmentation: random resized crop (scale 0.2-1) and flip only
+        return augment.Views([augment.ViewSpec(size=size, min_scale=0.2, cj_prob=0.0, random_gray_scale=0.0)])
+
+    def targets(self, images: torch.Tensor) -> torch.Tensor:
+        """Pixel targets ``(B, P, 3 p²)`` of every patch (normalised if ``norm_pix``)."""
+        patches = lightly_utils.patchify(images, self.patch_size)
+        if self.norm_pix:
+            mean, var = patches.mean(-1, keepdim=True), patches.var(-1, keepdim=True)
+            patches = (patches - mean) / (var + 1e-6).sqrt()
+        return patches
+
+    def reconstruct(self, images: torch.Tensor, generator: torch.Generator | None = None):
+        """Masks ``images`` ``(B, 3, H, W)`` in [0, 1] and predicts the hidden patches.
+
+        Returns ``(prediction, target, masked)``: prediction and target ``(B, M, 3 p²)``
+        for the ``M`` masked patches, and their patch indices ``(B, M)``.
+        """
+        b = len(images)
+        n_patches = self.encoder.sequence_length - 1
+        keep, masked = random_patch_mask(b, n_patches, self.mask_ratio, generator, images.device)
+        cls = torch.zeros(b, 1, dtype=torch.long, device=images.device)
+        keep_tokens, masked_tokens = torch.cat([cls, keep + 1], 1), masked + 1  # index 0: class token
+        encoded = self.encoder.encode(self.backbone.normalize(images), idx_keep=keep_tokens)
+        decoder_in = lightly_utils.repeat_token(self.mask_token, (b, self.encoder.sequence_length))
+        decoder_in = lightly_utils.set_at_index(decoder_in, keep_tokens, self.decoder.embed(encoded))
+        decoded = self.decoder.decode(decoder_in)
+        prediction = self.decoder.predict(lightly_utils.get_at_index(decoded, masked_tokens))
+        target = lightly_utils.get_at_index(self.targets(images), masked)
+        return prediction, target, masked
+
+    def loss(self, views):
+        if len(views) != 1:
+            raise ValueError(f"MAE takes exactly 1 view, got {len(views)}; use a one-view augmentation")
+        prediction, target, _ = self.reconstruct(views[0])
+        return nn.functional.mse_loss(prediction, target)
+
+    def embedding(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)

@@ -1,0 +1,62 @@
+"""fit's run length in steps, its fixed-learning-rate groups and the precision it picks."""
+
+import pytest
+import torch
+
+from cookbook import data, methods, models, train
+
+
+@pytest.fixture(scope="module")
+def tiny_shapes():
+    return data.load("shapes", subset=64, test_subset=16, image_size=16)
+
+
+def test_steps_sets_the_run_length_and_cuts_the_last_epoch(tiny_shapes):
+    m = methods.SimCLR(models.resnet10(2))
+    h = train.fit(m, tiny_shapes, steps=5, batch_size=16, progress=False, log=False)  # 4 steps an epoch
+    assert h.steps == 5 and len(h.epochs) == 2
+
+
+def test_epochs_and_steps_are_exclusive(tiny_shapes):
+    m = methods.SimCLR(models.resnet10(2))
+    with pytest.raises(ValueError, match="not both"):
+        train.fit(m, tiny_shapes, epochs=1, steps=3, batch_size=16, progress=False, log=False)
+    with pytest.raises(ValueError, match="steps"):
+        train.fit(m, tiny_shapes, steps=0, batch_size=16, progress=False, log=False)
+
+
+def test_warmup_defaults_to_a_tenth_of_the_steps():
+    peak = 1.0
+    # 100 steps: warm-up over 10, so step 9 reaches the peak and step 10 starts the decay
+    assert train.lr_at(4, 100, 10, peak) == pytest.approx(0.5)
+    assert train.lr_at(9, 100, 10, peak) == pytest.approx(peak)
+    assert train.lr_at(99, 100, 10, peak) < 0.01
+
+
+def test_optimizer_groups_mark_fixed_lr_parameters():
+    m = methods.SimSiam(models.resnet10(2))
+    opt = train.make_optimizer(m, "sgd", 0.1, 1e-4)
+    fixed = {id(p) for g in opt.param_groups if g["fixed_lr"] for p in g["params"]}
+    assert fixed == {id(p) for p in m.predictor.parameters()}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(m.parameters()))
+    plain = train.make_optimizer(methods.SimCLR(models.resnet10(2)), "sgd", 0.1, 1e-4)
+    assert not any(g["fixed_lr"] for g in plain.param_groups)
+
+
+@pytest.mark.parametrize("capability,expected", [((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16"),
+                                                 ((6, 0), "fp16")])
+def test_auto_precision_uses_bf16_only_where_the_gpu_has_it(monkeypatch, capability, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert train.select_precision(torch.device("cuda"), "auto") == expected
+
+
+def test_precision_on_cpu_is_fp32_and_explicit_requests_are_honoured(monkeypatch):
+    assert train.select_precision("cpu") == "fp32"
+    assert train.select_precision("cpu", "fp32") == "fp32"
+    with pytest.raises(ValueError, match="CUDA"):
+        train.select_precision("cpu", "bf16")
+    with pytest.raises(ValueError, match="unknown precision"):
+        train.select_precision("cpu", "fp8")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert train.select_precision(torch.device("cuda"), "bf16") == "bf16"  # asked for: honoured
+    assert train.select_precision(torch.device("cuda"), "fp32") == "fp32"
