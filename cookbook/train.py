@@ -116,8 +116,9 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
 
 
 def _first_line(error: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message``, for errors whose full text runs to pages."""
     text = str(error).strip().splitlines()
-    return text[0][:limit] if text else type(error).__name__
+    return f"{type(error).__name__}: {text[0][:limit]}" if text else type(error).__name__
 
 
 def load_checkpoint(path: str | os.PathLike, method: torch.nn.Module | None = None) -> dict:
@@ -137,11 +138,13 @@ def load_checkpoint(path: str | os.PathLike, method: torch.nn.Module | None = No
         raise FileNotFoundError(f"no checkpoint at {path}; fit(..., out=DIR) writes DIR/{CHECKPOINT_NAME}")
     advice = (f"pass the {CHECKPOINT_NAME} that fit(..., out=DIR) or `python -m cookbook train --out DIR` "
               f"wrote, or start a new run without resuming")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes); {advice}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types here: truncated zip, foreign pickle, random bytes
         raise CheckpointError(f"{path} is not a checkpoint written by cookbook, or it is truncated or damaged "
-                              f"({type(e).__name__}: {_first_line(e)}); {advice}") from e
+                              f"({_first_line(e)}); {advice}") from e
     missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(_CHECKPOINT_KEYS)
     if missing or not isinstance(ckpt.get("config"), dict):
         raise CheckpointError(f"{path} is not a checkpoint written by cookbook (it lacks "
