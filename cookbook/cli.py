@@ -54,7 +54,8 @@ def _options(pairs: list[str]) -> dict:
 
 
 _TYPE_NAMES = {"int": int, "float": float, "bool": bool, "str": str, "None": type(None)}
-_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "text", type(None): "none"}
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "text",
+               type(None): "none"}
 
 
 def _option_types(param: inspect.Parameter) -> set[type] | None:
@@ -138,8 +139,8 @@ def parser() -> argparse.ArgumentParser:
                    help="folder for metrics.json and checkpoint.pt (created; must be writable)")
     t.add_argument("--backbone", default="resnet18", choices=BACKBONES, help="encoder")
     t.add_argument("--width", type=int, default=None,
-                   help=f"ResNet width, channels of the first stage (default {CPU_DEFAULTS['width']} on CPU, "
-                        f"{GPU_DEFAULTS['width']} on CUDA)")
+                   help=f"ResNet width, channels of the first stage (default {CPU_DEFAULTS['width']} "
+                        f"on CPU, {GPU_DEFAULTS['width']} on CUDA)")
     t.add_argument("--batch-size", type=int, default=256, help="images per step (>= 2)")
     t.add_argument("--optimizer", default="sgd", choices=sorted(BASE_LR), help="optimiser")
     t.add_argument("--lr", type=float, default=None,
@@ -152,7 +153,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--test-subset", type=int, default=None,
                    help=f"test images, stratified (default {CPU_DEFAULTS['test_subset']} on CPU, all on CUDA)")
     t.add_argument("--image-size", type=int, default=None,
-                   help=f"resize images to this side, pixels (>= {MIN_IMAGE_SIZE}; default: native)")
+                   help=f"resize images to this side, pixels (>= {MIN_IMAGE_SIZE}; "
+                        "default: native)")
     t.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     t.add_argument("--seed", type=int, default=0,
                    help="seed for data, model and augmentation (0 to 2**32 - 1)")
@@ -164,8 +166,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", default=None,
                    help="continue the run that wrote this checkpoint, with the same options")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a method option, repeatable, e.g. --set temperature=0.2 --set proj_depth=3 "
-                        "(a wrong key lists the valid ones)")
+                   help="a method option, repeatable, e.g. --set temperature=0.2 "
+                        "--set proj_depth=3 (a wrong key lists the valid ones)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only)")
     return p
 
@@ -179,8 +181,10 @@ def _int_option(args, name: str, minimum: int, maximum: int | None = None, what:
 
 def _float_option(args, name: str, minimum: float, strict: bool) -> None:
     value = getattr(args, name.lstrip("-").replace("-", "_"))
-    if value is not None and (not math.isfinite(value) or value < minimum or (strict and value == minimum)):
-        raise UsageError(f"{name} must be a finite number {'>' if strict else '>='} {minimum}, got {value}")
+    if value is not None and (not math.isfinite(value) or value < minimum
+                              or (strict and value == minimum)):
+        relation = ">" if strict else ">="
+        raise UsageError(f"{name} must be a finite number {relation} {minimum}, got {value}")
 
 
 def validate(args) -> dict:
@@ -189,8 +193,8 @@ def validate(args) -> dict:
     proved writable) and, with ``--resume``, the checkpoint file and the settings
     it records. Returns the parsed ``--set`` options; raises UsageError."""
     from cookbook import data
-    from cookbook.train import (BASE_LR, MAX_SEED, WEIGHT_DECAY, check_output_folder, load_checkpoint,
-                                resolve_device, resume_conflicts)
+    from cookbook.train import (BASE_LR, MAX_SEED, WEIGHT_DECAY, check_output_folder,
+                                load_checkpoint, resolve_device, resume_conflicts)
 
     _int_option(args, "--epochs", 1)
     _int_option(args, "--batch-size", 2, what=" (the losses compare the images of a batch)")
@@ -204,9 +208,11 @@ def validate(args) -> dict:
     _float_option(args, "--lr", 0, strict=True)
     _float_option(args, "--weight-decay", 0, strict=False)
     if args.backbone != "resnet18" and args.width is not None:
-        raise UsageError(f"--width sets the ResNet's width; {args.backbone} has a fixed width, leave --width out")
+        raise UsageError(f"--width sets the ResNet's width; {args.backbone} has a fixed width, "
+                         f"leave --width out")
     if args.backbone == "vit_tiny" and args.image_size is not None and args.image_size % 4:
-        raise UsageError(f"--image-size {args.image_size}: vit_tiny cuts 4x4 patches, so pass a multiple of 4")
+        raise UsageError(f"--image-size {args.image_size}: vit_tiny cuts 4x4 patches, so pass a "
+                         f"multiple of 4")
     try:
         device = resolve_device(args.device)
     except ValueError as e:
@@ -218,15 +224,15 @@ def validate(args) -> dict:
     if name.startswith("folder:"):
         path = Path(name[len("folder:"):]).expanduser()
         if not name[len("folder:"):] or not path.exists():
-            raise UsageError(f"--dataset {name}: no such folder or archive; pass folder:PATH with PATH an "
-                             f"existing folder or .tar/.tar.gz/.tgz/.tar.xz laid out as train/<class>/<image> "
-                             f"and test/<class>/<image>")
+            raise UsageError(f"--dataset {name}: no such folder or archive; pass folder:PATH with "
+                             f"PATH an existing folder or .tar/.tar.gz/.tgz/.tar.xz laid out as "
+                             f"train/<class>/<image> and test/<class>/<image>")
     defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
     subset = args.subset if args.subset is not None else defaults["subset"]
     train_size = subset if subset is not None or name != "shapes" else data.SHAPES_TRAIN_SIZE
     if train_size is not None and args.batch_size > train_size:
-        raise UsageError(f"--batch-size {args.batch_size} is larger than the train split ({train_size} images); "
-                         f"pass a smaller --batch-size or a larger --subset")
+        raise UsageError(f"--batch-size {args.batch_size} is larger than the train split "
+                         f"({train_size} images); pass a smaller --batch-size or a larger --subset")
 
     opts = _options(args.set)
     check_method_options(args.method, opts)
@@ -241,19 +247,20 @@ def validate(args) -> dict:
         except (ValueError, FileNotFoundError) as e:
             raise UsageError(f"--resume: {e}") from None
         saved = ckpt["config"]
+        lr = BASE_LR[args.optimizer] if args.lr is None else args.lr
+        decay = WEIGHT_DECAY[args.optimizer] if args.weight_decay is None else args.weight_decay
         now = {"method": args.method, "dataset": args.dataset, "epochs": args.epochs,
-               "batch_size": args.batch_size, "optimizer": args.optimizer,
-               "lr": BASE_LR[args.optimizer] if args.lr is None else args.lr, "lr_rule": args.lr_rule,
-               "weight_decay": WEIGHT_DECAY[args.optimizer] if args.weight_decay is None else args.weight_decay,
-               "seed": args.seed, "device_type": device.type}
+               "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": lr,
+               "lr_rule": args.lr_rule, "weight_decay": decay, "seed": args.seed,
+               "device_type": device.type}
         conflicts = resume_conflicts(saved, now)
         saved_opts = saved.get("options") or {}
         conflicts += [f"method option {k} was {saved_opts[k]!r}, now {v!r}"
                       for k, v in opts.items() if k in saved_opts and saved_opts[k] != v]
         if conflicts:
-            raise UsageError(f"--resume {args.resume} was written by a different run: " + ", ".join(conflicts)
-                             + ". Resume with the options the run was started with (its metrics.json lists "
-                               "them), or start a new run without --resume")
+            raise UsageError(f"--resume {args.resume} was written by a different run: "
+                             + ", ".join(conflicts) + ". Resume with the options the run was started "
+                             "with (its metrics.json lists them), or start a new run without --resume")
     return opts
 
 
@@ -316,7 +323,7 @@ def summary(r: dict, out: Path) -> str:
         f"  backbone     {r['backbone']}",
         f"  training     {r['epochs']} epochs, {h['steps']} steps of {r['batch_size']}, {h['wall_time_s']:.1f} s "
         f"on {r['device']} ({h['images_per_s']:.0f} img/s, peak memory {h['peak_memory_mb']:.0f} MB)"
-        + (f", all sessions" if resumed else ""),
+        + (", all sessions" if resumed else ""),
         f"  final loss   {h['epochs'][-1]['loss']:.4f}" if h["epochs"] else "  final loss   -",
         f"  kNN (test)   {100 * r['knn_test']:.1f} %   (k={r.get('knn_k', KNN_K)}, cosine, T=0.1; "
         f"raw pixels: {100 * r['knn_test_raw_pixels']:.1f} %)",
