@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:
-        print(f"error: {e}; nothing was lost before the last checkpoint", file=sys.stderr)
+        print(f"error: {e}; a checkpoint written before this (if any) is intact", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         ckpt = Path(args.out) / CHECKPOINT_NAME
