@@ -147,6 +147,11 @@ def load(
     "shapes" they are the numbers of images generated (defaults 10,000 / 2,000).
     image_size: resize to image_size x image_size pixels (antialiased bilinear)
     when it differs from the native size.
+
+    Raises :class:`DataError` (a ValueError) saying what to change for a bad
+    name, path, archive, count or size, and for data with fewer than 2 classes
+    (in the dataset, or in the train split after ``subset``): the evaluations
+    with labels are meaningless there.
     """
     if image_size is not None and not _is_positive_int(image_size):
         raise DataError(f"image_size must be a positive int (pixels), got {image_size!r}")
@@ -160,8 +165,10 @@ def load(
         # 2*seed and 2*seed+1 never collide, so train and test images are always distinct draws.
         train_x, train_y, train_f = make_shapes(n, 2 * seed, size)
         test_x, test_y, test_f = make_shapes(m, 2 * seed + 1, size)
-        return Dataset("shapes", train_x, train_y, test_x, test_y, list(SHAPE_CLASSES),
-                       {"train": train_f, "test": test_f})
+        ds = Dataset("shapes", train_x, train_y, test_x, test_y, list(SHAPE_CLASSES),
+                     {"train": train_f, "test": test_f})
+        _check_two_classes(ds, subset)
+        return ds
 
     if name == "cifar10":
         ds = _load_cifar10()
@@ -180,7 +187,19 @@ def load(
     if image_size is not None:
         ds.train_x = resize(ds.train_x, image_size)
         ds.test_x = resize(ds.test_x, image_size)
+    _check_two_classes(ds, subset)
     return ds
+
+
+def _check_two_classes(ds: Dataset, subset: int | None) -> None:
+    """kNN and the linear probe need 2 classes; with one, every prediction is right by construction."""
+    if ds.num_classes < 2:
+        raise DataError(f"{ds.name} has {ds.num_classes} class ({', '.join(ds.classes) or 'none'}); training "
+                        f"uses no labels, but the kNN and linear-probe evaluations need at least 2 classes: "
+                        f"add a second class folder under train/ and test/")
+    if len(ds.train_y.unique()) < 2:
+        raise DataError(f"subset={subset} keeps a single class of the train split; ask for at least "
+                        f"{ds.num_classes} images so that every class is represented")
 
 
 def _is_positive_int(value) -> bool:
@@ -193,7 +212,8 @@ def _check_count(value, what: str, available: int | None) -> int:
         raise DataError(f"{what} must be a positive int (number of images), got {value!r}")
     if available is not None and value > available:
         raise DataError(f"{what}={value} asks for more images than the split has ({available}); "
-                        f"pass at most {available}, or None for all of them")
+                        f"ask for at most {available}, or for all of them with {what}=None "
+                        f"(on the command line: --{what.replace('_', '-')} {available})")
     return value
 
 

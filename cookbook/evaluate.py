@@ -111,13 +111,56 @@ def _images(dataset, split: str) -> torch.Tensor:
     return dataset.split(split)[0]
 
 
-def _check_labelled(feats: torch.Tensor, labels: torch.Tensor, name: str) -> None:
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_labelled(feats, labels, name: str) -> None:
+    """ValueError unless feats is finite float (N, D) and labels int class indices >= 0, (N,)."""
+    if not isinstance(feats, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise ValueError(f"{name}: features and labels must be torch tensors, got {type(feats).__name__} "
+                         f"and {type(labels).__name__}")
     if feats.ndim != 2 or labels.ndim != 1 or len(feats) != len(labels):
         raise ValueError(
             f"{name}: expected features (N, D) and labels (N,), got {tuple(feats.shape)} and {tuple(labels.shape)}"
         )
     if len(labels) == 0:
         raise ValueError(f"{name}: no samples")
+    if not feats.is_floating_point():
+        raise ValueError(f"{name}: features must be floating point, got {feats.dtype}; pass the output of "
+                         f"features() (float32)")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"{name}: labels must be integer class indices (int64), got {labels.dtype}")
+    bad = ~torch.isfinite(feats).all(dim=1)
+    if bool(bad.any()):
+        raise ValueError(f"{name}: {int(bad.sum())} of {len(feats)} feature rows hold NaN or infinite values "
+                         f"(the first is row {int(bad.nonzero()[0])}); the model that made them has diverged "
+                         f"or was fed bad images, so no accuracy can be measured")
+    if int(labels.min()) < 0:
+        raise ValueError(f"{name}: labels must be class indices >= 0, got {int(labels.min())} "
+                         f"(row {int(labels.argmin())})")
+
+
+def _check_train_test(train_features, train_labels, test_features, test_labels) -> None:
+    _check_labelled(train_features, train_labels, "train")
+    _check_labelled(test_features, test_labels, "test")
+    if train_features.shape[1] != test_features.shape[1]:
+        raise ValueError(f"train features have {train_features.shape[1]} dimensions but test features "
+                         f"{test_features.shape[1]}; extract both with the same model and `which`")
+    classes = train_labels.unique()
+    if len(classes) < 2:
+        raise ValueError(f"the training labels hold a single class ({int(classes[0])}): every prediction "
+                         f"would be right by construction; evaluate on data with at least 2 classes")
+
+
+def _class_indices(train_labels: torch.Tensor, test_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Labels as indices 0..C-1 into the sorted classes of the training labels; a
+    test label that no training sample has becomes -1 (never predicted)."""
+    train_labels, test_labels = train_labels.cpu(), test_labels.cpu()
+    classes = train_labels.unique()
+    test_pos = torch.searchsorted(classes, test_labels).clamp_max(len(classes) - 1)
+    test_idx = torch.where(classes[test_pos] == test_labels, test_pos, -1)
+    return torch.searchsorted(classes, train_labels), test_idx, len(classes)
 
 
 def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
@@ -132,21 +175,25 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     with the default: 100 MB at a time). If k exceeds the number of training
     samples it is clamped to it, with a warning.
 
-    Returns the fraction of test samples classified correctly, in [0, 1].
+    Labels are class indices >= 0; a test label no training sample has counts
+    as wrong. Returns the fraction of test samples classified correctly, in [0, 1].
+    Raises ValueError for features that are not finite float (N, D) of one D,
+    labels that are not integers >= 0, or training labels of a single class.
     Cost: O(N_train·N_test·D) time; memory O(N_train·(D + chunk_size)).
     """
-    _check_labelled(train_features, train_labels, "train")
-    _check_labelled(test_features, test_labels, "test")
-    if k < 1 or temperature <= 0 or chunk_size < 1:
-        raise ValueError(f"need k >= 1, temperature > 0 and chunk_size >= 1; got {k}, {temperature}, {chunk_size}")
+    _check_train_test(train_features, train_labels, test_features, test_labels)
+    if (not _is_int(k) or k < 1 or not _is_int(chunk_size) or chunk_size < 1
+            or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0):
+        raise ValueError(f"need integers k >= 1 and chunk_size >= 1 and a finite temperature > 0; got "
+                         f"{k!r}, {chunk_size!r}, {temperature!r}")
     if k > len(train_labels):
         warnings.warn(f"k = {k} exceeds the {len(train_labels)} training samples; using k = {len(train_labels)}",
                       stacklevel=2)
         k = len(train_labels)
     device = train_features.device
     bank = F.normalize(train_features.detach().float(), dim=1)
-    bank_labels = train_labels.to(device)
-    n_classes = int(train_labels.max()) + 1
+    train_idx, test_idx, n_classes = _class_indices(train_labels, test_labels)
+    bank_labels = train_idx.to(device)
     correct = 0
     with torch.no_grad():
         for start in range(0, len(test_labels), chunk_size):
@@ -154,7 +201,7 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
             similarity, index = (query @ bank.T).topk(k, dim=1)
             votes = torch.zeros(len(query), n_classes, device=device)
             votes.scatter_add_(1, bank_labels[index], (similarity / temperature).exp())
-            correct += (votes.argmax(1).cpu() == test_labels[start : start + chunk_size].cpu()).sum().item()
+            correct += (votes.argmax(1).cpu() == test_idx[start : start + chunk_size]).sum().item()
     return correct / len(test_labels)
 
 
@@ -272,20 +319,31 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     Runs on ``device``: by default CUDA when available, else train_features'
     device. Returns the test accuracy in [0, 1]; with ``return_details=True``
     a dict with ``test_accuracy``, ``lr``, ``weight_decay``, ``val_accuracy``
-    and ``grid`` ({(lr, wd): validation accuracy}).
+    and ``grid`` ({(lr, wd): validation accuracy}). Inputs are checked as in
+    :func:`knn_accuracy` (ValueError).
 
     Cost: (|grid| + 1)·epochs passes over N·D·C multiply-adds, i.e.
     O(|grid|·epochs·N·D·C) time; memory O(N·D) on the device.
     """
-    _check_labelled(train_features, train_labels, "train")
-    _check_labelled(test_features, test_labels, "test")
+    _check_train_test(train_features, train_labels, test_features, test_labels)
+    if labels_per_class is not None and (not _is_int(labels_per_class) or labels_per_class < 1):
+        raise ValueError(f"labels_per_class must be a positive integer or None, got {labels_per_class!r}")
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    if not _is_int(epochs) or epochs < 1 or not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be positive integers, got {epochs!r} and {batch_size!r}")
+    if not lrs or not weight_decays or any(not math.isfinite(v) or v <= 0 for v in lrs) \
+            or any(not math.isfinite(v) or v < 0 for v in weight_decays):
+        raise ValueError(f"lrs must be finite and > 0 and weight_decays finite and >= 0, neither empty; got "
+                         f"{lrs!r} and {weight_decays!r}")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else train_features.device
-    x, y = train_features.to(device, torch.float32), train_labels.to(device)
+    # classes from the training labels only: test labels stay unseen
+    train_idx, test_idx, n_classes = _class_indices(train_labels, test_labels)
+    x, y = train_features.to(device, torch.float32), train_idx.to(device)
     if labels_per_class is not None:
         keep = sample_per_class(train_labels, labels_per_class, seed).to(device)
         x, y = x[keep], y[keep]
-    n_classes = int(train_labels.max()) + 1  # from training labels only: test labels stay unseen
 
     fit_idx, val_idx = (i.to(device) for i in validation_split(y.cpu(), val_fraction, seed))
     x_fit, x_val = _standardise(x[fit_idx], x[val_idx])
@@ -297,7 +355,7 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
 
     x_all, x_test = _standardise(x, test_features.to(device, torch.float32))
     (head,) = _train_softmax(x_all, y, n_classes, [(lr, wd)], epochs, batch_size, seed)
-    test_accuracy = _accuracy(head, x_test, test_labels.to(device))
+    test_accuracy = _accuracy(head, x_test, test_idx.to(device))
     if not return_details:
         return test_accuracy
     return {"test_accuracy": test_accuracy, "lr": lr, "weight_decay": wd,
@@ -348,6 +406,16 @@ def factor_probe(train_features: torch.Tensor, train_values: torch.Tensor, test_
                          f"{tuple(test_features.shape)} / {len(test_values)}")
     if len(train_features) < 10:
         raise ValueError(f"factor_probe: {len(train_features)} training samples; need at least 10")
+    if train_features.shape[1] != test_features.shape[1]:
+        raise ValueError(f"factor_probe: train features have {train_features.shape[1]} dimensions but test "
+                         f"features {test_features.shape[1]}; extract both with the same model")
+    for what, t in (("train features", train_features), ("test features", test_features),
+                    ("train values", train_values), ("test values", test_values)):
+        if "features" in what and not t.is_floating_point():
+            raise ValueError(f"factor_probe: {what} must be floating point, got {t.dtype}")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"factor_probe: {what} hold NaN or infinite values; a diverged model or "
+                             f"missing factor values cannot be probed")
     x, x_test = _standardise(train_features.double().cpu(), test_features.double().cpu())
     y, y_test = _factor_targets(train_values.cpu(), circular), _factor_targets(test_values.cpu(), circular)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))

@@ -13,10 +13,13 @@ stops on a non-finite loss.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
+import numbers
 import os
 import resource
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,10 +36,16 @@ WEIGHT_DECAY = {"sgd": 5e-4, "lars": 1e-6, "adamw": 0.05}
 LR_RULES = ("linear", "sqrt", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CHECKPOINT_NAME = "checkpoint.pt"
+MAX_SEED = 2**32  # seeds are integers in [0, MAX_SEED)
+_CHECKPOINT_KEYS = ("method", "optimizer", "epoch", "step", "history", "config", "generator")
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stopped."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded or resumed from; the message says why and what to do."""
 
 
 @dataclass
@@ -53,6 +62,7 @@ class History:
     peak_memory_mb: float = 0.0      # CUDA: peak allocated; CPU: peak resident set of the process
     device: str = "cpu"
     precision: str = "fp32"          # autocast precision (see select_precision)
+    start_epoch: int = 0             # epochs done before this call (> 0 after a resume)
 
     def column(self, key: str) -> list:
         return [e.get(key) for e in self.epochs]
@@ -135,16 +145,154 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
+def _first_line(error: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message``, for errors whose full text runs to pages."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:limit]}" if text else type(error).__name__
+
+
 def load_checkpoint(path: str | os.PathLike, method: torch.nn.Module | None = None) -> dict:
     """Loads a checkpoint written by :func:`fit` (``weights_only=True``) and,
-    when ``method`` is given, its weights into it."""
+    when ``method`` is given, its weights into it.
+
+    Raises FileNotFoundError when there is no file, and :class:`CheckpointError`
+    (a ValueError) when the file is not a complete cookbook checkpoint or holds
+    a model of another method or configuration; the message says which.
+    """
     path = Path(path)
+    if path.is_dir():
+        hint = (f"; did you mean {path / CHECKPOINT_NAME}?" if (path / CHECKPOINT_NAME).is_file()
+                else f"; pass the {CHECKPOINT_NAME} file inside the run's folder")
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; fit(..., out=DIR) writes DIR/{CHECKPOINT_NAME}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    advice = (f"pass the {CHECKPOINT_NAME} that fit(..., out=DIR) or `python -m cookbook train --out DIR` "
+              f"wrote, or start a new run without resuming")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes); {advice}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types here: truncated zip, foreign pickle, random bytes
+        raise CheckpointError(f"{path} is not a checkpoint written by cookbook, or it is truncated or damaged "
+                              f"({_first_line(e)}); {advice}") from e
+    missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(_CHECKPOINT_KEYS)
+    if missing or not isinstance(ckpt.get("config"), dict):
+        raise CheckpointError(f"{path} is not a checkpoint written by cookbook (it lacks "
+                              f"{', '.join(missing) or 'a config'}); {advice}")
     if method is not None:
-        method.load_state_dict(ckpt["method"])
+        _load_weights(method, ckpt, path)
     return ckpt
+
+
+def _load_weights(method: torch.nn.Module, ckpt: dict, path: Path) -> None:
+    """``method.load_state_dict`` that names what differs instead of listing tensor sizes."""
+    saved = ckpt["config"]
+    name = getattr(method, "name", type(method).__name__)
+    if saved.get("method", name) != name:
+        raise CheckpointError(f"{path} holds a {saved['method']} model, not {name}; build a {saved['method']} "
+                              f"model to load it, or pass a checkpoint of a {name} run")
+    try:
+        method.load_state_dict(ckpt["method"])
+    except RuntimeError as e:
+        now = method.state_dict()
+        was = ckpt["method"]
+        diffs = [f"{k} is {tuple(was[k].shape)} in the checkpoint, {tuple(now[k].shape)} here"
+                 for k in now if k in was and tuple(was[k].shape) != tuple(now[k].shape)]
+        diffs += [f"{k} is missing from the checkpoint" for k in now if k not in was]
+        diffs += [f"{k} is in the checkpoint only" for k in was if k not in now]
+        written = ", ".join(f"{k} {saved[k]!r}" for k in ("backbone", "options") if k in saved)
+        raise CheckpointError(
+            f"{path} holds a {name} model of another configuration ({written or 'unknown'}): "
+            f"{'; '.join(diffs[:3]) or _first_line(e)}{' ...' if len(diffs) > 3 else ''}. "
+            f"Build the model with the same backbone, width and method options as the run that wrote it"
+        ) from e
+
+
+def resume_conflicts(saved: dict, config: dict) -> list[str]:
+    """The settings of ``config`` that differ from a checkpoint's ``saved`` config, by name.
+
+    Only the keys of ``config`` are compared, so a caller that knows part of a
+    run's settings can check those early. A key the checkpoint does not record
+    (an older version wrote it) is a conflict too: it cannot be verified.
+    """
+    out = []
+    for key, now in config.items():
+        if key not in saved:
+            out.append(f"{key} is not recorded in the checkpoint (an older version wrote it)")
+        elif key == "options" and isinstance(now, dict) and isinstance(saved[key], dict):
+            was = saved[key]
+            out += [f"method option {k} was {was.get(k)!r}, now {now.get(k)!r}"
+                    for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+        elif key == "views" and saved[key] != now:
+            out.append("views (the augmentation) differ from the run's")
+        elif saved[key] != now:
+            out.append(f"{key} was {saved[key]!r}, now {now!r}")
+    return out
+
+
+def check_output_folder(out: str | os.PathLike) -> Path:
+    """Creates ``out`` if needed and proves it writable by writing a file there;
+    raises ValueError saying what is wrong. Returns it as a Path."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the output folder {out} is an existing file; pass a folder path (it is created "
+                         f"if missing)")
+    if (out / CHECKPOINT_NAME).is_dir():
+        raise ValueError(f"{out / CHECKPOINT_NAME} is a folder, so no checkpoint can be written there; "
+                         f"remove it or pass another output folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot write into the output folder {out} ({e.strerror or e}); pass a folder "
+                         f"you can create and write to") from e
+    return out
+
+
+def _check_int(value, name: str, minimum: int, what: str = "", maximum: int | None = None) -> None:
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum
+            or (maximum is not None and value >= maximum)):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum})"
+        raise ValueError(f"{name} must be an integer {bound}{what}, got {value!r}")
+
+
+def _check_number(value, name: str, minimum: float, strict: bool, what: str = "") -> None:
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            or value < minimum or (strict and value == minimum)):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {minimum}{what}, "
+                         f"got {value!r}")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch.device (default: CUDA when available, else CPU);
+    ValueError for a name torch does not know or a device this machine lacks."""
+    try:
+        resolved = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: training runs on 'cpu' or 'cuda' only")
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r} asked for, but CUDA is not available here; use 'cpu'")
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA device(s), "
+                             f"cuda:0 to cuda:{count - 1}")
+    return resolved
+
+
+def method_options(method: torch.nn.Module) -> dict:
+    """The method's constructor options that it keeps as plain attributes
+    (temperature, momentum, queue_size, ...), for a checkpoint's config.
+    Options that only shape the network (widths, depths) show in the weights."""
+    try:
+        params = inspect.signature(type(method)).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {k: getattr(method, k) for k in params
+            if k != "backbone" and isinstance(getattr(method, k, None), (bool, int, float, str))}
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -201,69 +349,114 @@ def fit(method, dataset, *, epochs: int | None = None, steps: int | None = None,
             embedding (``eval_knn``, ``eval_rankme``). 0 = never.
         checkpoint_every: every k epochs (and at the end when ``out`` is set),
             write ``out/checkpoint.pt`` atomically.
-        resume: a checkpoint path: continue the run it was written by.
-        progress: a plain-text progress bar; log: one line per epoch.
+        resume: a checkpoint path: continue the run it was written by. Every
+            setting it records (method and its options, backbone, dataset and
+            image size, epochs, batch size, optimiser, lr, lr rule, weight
+            decay, warm-up, views, seed, device type) must be the same, else
+            ValueError naming each that differs; weights of another shape raise
+            :class:`CheckpointError`. A finished run resumed with another
+            ``out`` copies its checkpoint there.
+        progress: a plain-text progress bar on stderr; log: one line per epoch on stdout.
+
+    Every argument is checked, and ``out`` created and proved writable, before
+    anything trains: a bad one raises ValueError saying what to pass instead.
     """
     if optimizer not in BASE_LR:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(BASE_LR)}")
+    if lr_rule not in LR_RULES:
+        raise ValueError(f"unknown lr_rule {lr_rule!r}; choose one of {', '.join(LR_RULES)}")
+    if epochs is not None and steps is not None:
+        raise ValueError(f"give epochs or steps, not both (got epochs={epochs}, steps={steps})")
+    if steps is not None:
+        _check_int(steps, "steps", 1, " (optimiser steps in all)")
+    elif epochs is None:
+        epochs = 10
+    if epochs is not None:
+        _check_int(epochs, "epochs", 1)
+    _check_int(batch_size, "batch_size", 2, " (the losses compare the samples of a batch, and batch norm "
+               "needs two)")
     n = len(dataset.train_x)
     if batch_size > n:
         raise ValueError(f"batch_size {batch_size} is larger than the train split ({n} images): "
                          f"use a smaller batch_size or a larger subset")
-    if epochs is not None and steps is not None:
-        raise ValueError(f"give epochs or steps, not both (got epochs={epochs}, steps={steps})")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if epochs is None and steps is None:
-        epochs = 10
-    if epochs is not None and epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if lr is not None:
+        _check_number(lr, "lr", 0, True, " (base learning rate per 256 images)")
+    if weight_decay is not None:
+        _check_number(weight_decay, "weight_decay", 0, False)
+    steps_per_epoch = n // batch_size
+    if steps is not None:
+        epochs = math.ceil(steps / steps_per_epoch)
+    total_steps = steps if steps is not None else epochs * steps_per_epoch
+    if warmup_epochs is not None:
+        _check_number(warmup_epochs, "warmup_epochs", 0, False)
+        if warmup_epochs > epochs:
+            raise ValueError(f"warmup_epochs {warmup_epochs} is longer than the run ({epochs} epochs)")
+    _check_int(seed, "seed", 0, maximum=MAX_SEED)
+    _check_int(eval_every, "eval_every", 0, " (0 = never)")
+    _check_int(checkpoint_every, "checkpoint_every", 0, " (0 = only at the end)")
+    device = resolve_device(device)
     precision = select_precision(device, precision)
+    out = check_output_folder(out) if out is not None else None  # now, not after the first epoch
+    views = views or method.default_views(dataset.image_size)
+    weight_decay = WEIGHT_DECAY[optimizer] if weight_decay is None else float(weight_decay)
+    base_lr = BASE_LR[optimizer] if lr is None else float(lr)
+    warmup_steps = round(0.1 * total_steps if warmup_epochs is None else steps_per_epoch * warmup_epochs)
+    backbone = getattr(method, "backbone", None)
+    from cookbook.models import describe
+    # Everything that shapes the run's result; a resume must match it all. world_size: processes
+    # sharing a step (1 until distributed training exists; the effective batch is their product).
+    config = {"method": method.name, "options": method_options(method),
+              "backbone": describe(backbone) if backbone is not None else None,
+              "dataset": dataset.name, "train_size": n, "image_size": dataset.image_size,
+              "epochs": epochs, "steps": total_steps, "batch_size": batch_size, "world_size": 1, "optimizer": optimizer,
+              "lr": base_lr, "lr_rule": lr_rule, "weight_decay": weight_decay,
+              "warmup_steps": warmup_steps, "views": _describe_views(views), "seed": seed,
+              "device_type": device.type, "precision": precision}
+    ckpt = None
+    if resume is not None:
+        ckpt = load_checkpoint(resume)
+        conflicts = resume_conflicts(ckpt["config"], config)
+        if conflicts:
+            raise ValueError(f"checkpoint {resume} was written by a different run: " + ", ".join(conflicts)
+                             + ". Resume with the settings the run was started with, or start a new run "
+                               "(no resume)")
+
     dataset.to(device)
     method.to(device)
     cuda = device.type == "cuda"
     if cuda:
         method.to(memory_format=torch.channels_last)
         torch.cuda.reset_peak_memory_stats(device)
-    views = views or method.default_views(dataset.image_size)
-    weight_decay = WEIGHT_DECAY[optimizer] if weight_decay is None else weight_decay
-    peak_lr = scaled_lr(BASE_LR[optimizer] if lr is None else lr, batch_size, lr_rule)
+    peak_lr = scaled_lr(base_lr, batch_size, lr_rule)
     opt = make_optimizer(method, optimizer, peak_lr, weight_decay)
-    steps_per_epoch = n // batch_size
-    if steps is not None:
-        epochs = math.ceil(steps / steps_per_epoch)
-    total_steps = steps if steps is not None else epochs * steps_per_epoch
-    warmup_steps = round(0.1 * total_steps if warmup_epochs is None else steps_per_epoch * warmup_epochs)
     gen = torch.Generator(device).manual_seed(seed)
-    config = {"method": method.name, "dataset": dataset.name, "train_size": n, "epochs": epochs,
-              "steps": total_steps, "batch_size": batch_size, "optimizer": optimizer, "seed": seed}
 
     history, start_epoch, step = History(device=str(device), precision=precision), 0, 0
-    if resume is not None:
-        ckpt = load_checkpoint(resume, method)
-        diff = {k: (ckpt["config"].get(k), v) for k, v in config.items() if ckpt["config"].get(k) != v}
-        if diff:
-            raise ValueError(f"checkpoint {resume} was written by a different run: "
-                             + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in diff.items()))
-        opt.load_state_dict(ckpt["optimizer"])
-        gen.set_state(ckpt["generator"])
+    if ckpt is not None:
+        _load_weights(method, ckpt, Path(resume))
+        try:
+            opt.load_state_dict(ckpt["optimizer"])
+            gen.set_state(ckpt["generator"])
+        except (ValueError, RuntimeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{resume}: its optimizer or random state does not fit this run "
+                                  f"({_first_line(e)}); it is damaged, or was not written by fit") from e
         start_epoch, step = ckpt["epoch"], ckpt["step"]
         history.epochs = list(ckpt["history"])
+        history.start_epoch = start_epoch
 
     val_idx = train_idx = None
     if eval_every and eval_knn:
         from cookbook.evaluate import validation_split
         train_idx, val_idx = validation_split(dataset.train_y.cpu(), 0.1, seed)
 
-    out = Path(out) if out is not None else None
     loss_fn = torch.compile(method.loss) if compile else method.loss
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
                 if precision != "fp32" else contextlib.nullcontext())
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     check_every = 25 if cuda else 1  # reading the loss waits for the GPU: do it rarely there
+    # the bar goes to stderr, so `> log` keeps the epoch lines without carriage returns
     bar = tqdm(total=total_steps, initial=step, disable=not progress, ascii=True, ncols=80,
-               file=sys.stdout, mininterval=2.0, desc=method.name)
+               file=sys.stderr, mininterval=2.0, desc=method.name)
     x_all = dataset.train_x
     method.train()
     for epoch in range(start_epoch, epochs):
@@ -291,7 +484,7 @@ def fit(method, dataset, *, epochs: int | None = None, steps: int | None = None,
             losses.append(loss.detach().float())
             step += 1
             if step % check_every == 0 or i == epoch_steps - 1:
-                _check_finite(losses, step, epoch, lr_now)
+                _check_finite(losses, step, epoch, lr_now, peak_lr)
             bar.update(1)
         if cuda:
             torch.cuda.synchronize(device)
@@ -311,6 +504,10 @@ def fit(method, dataset, *, epochs: int | None = None, steps: int | None = None,
                          "step": step, "history": history.epochs, "config": config,
                          "generator": gen.get_state().cpu()}, out / CHECKPOINT_NAME)
     bar.close()
+    if out is not None and ckpt is not None and start_epoch == epochs:
+        # a finished run resumed into another folder: give that folder its checkpoint too
+        if not (out / CHECKPOINT_NAME).exists() or not (out / CHECKPOINT_NAME).samefile(resume):
+            save_atomic(ckpt, out / CHECKPOINT_NAME)
     history.steps = step
     history.wall_time_s = sum(e["seconds"] for e in history.epochs)
     history.images_per_s = (step * batch_size / history.wall_time_s) if history.wall_time_s else 0.0
@@ -318,7 +515,13 @@ def fit(method, dataset, *, epochs: int | None = None, steps: int | None = None,
     return history
 
 
-def _check_finite(losses: list[torch.Tensor], step: int, epoch: int, lr: float) -> None:
+def _describe_views(views) -> str:
+    specs = getattr(views, "specs", None)
+    return repr(specs) if specs is not None else type(views).__qualname__  # no object addresses
+
+
+def _check_finite(losses: list[torch.Tensor], step: int, epoch: int, lr: float,
+                  peak_lr: float | None = None) -> None:
     """Raises :class:`NonFiniteLossError` naming the first bad step, if any."""
     recent = torch.stack(losses[-25:])
     finite = torch.isfinite(recent)
@@ -327,4 +530,5 @@ def _check_finite(losses: list[torch.Tensor], step: int, epoch: int, lr: float) 
     first = int((~finite).nonzero()[0]) + step - len(recent) + 1  # 1-based step number
     raise NonFiniteLossError(
         f"the loss became {float(recent[~finite][0])} at step {first} (epoch {epoch + 1}); training stopped. "
-        f"Try a lower learning rate (the current one is {lr:.4g}) or a longer warm-up.")
+        f"Try a lower learning rate (it was {lr:.4g} at this step"
+        + (f", {peak_lr:.4g} at its peak" if peak_lr is not None else "") + ") or a longer warm-up.")

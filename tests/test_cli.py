@@ -21,7 +21,8 @@ def test_help_documents_every_option(capsys):
 def test_set_options_are_parsed():
     assert cli._options(["temperature=0.2", "proj_depth=3", "predictor=false", "name=x"]) == {
         "temperature": 0.2, "proj_depth": 3, "predictor": False, "name": "x"}
-    with pytest.raises(SystemExit, match="KEY=VALUE"):
+    assert cli._options(["proj_hidden=none"]) == {"proj_hidden": None}
+    with pytest.raises(cli.UsageError, match="KEY=VALUE"):
         cli._options(["temperature"])
 
 
