@@ -191,7 +191,8 @@ def test_figures_are_readable_in_the_column(name):
     assert fig.dpi >= 150
     assert fig.get_figwidth() * 96 <= plots.COLUMN_PX, "wider than the content column: its text would shrink"
     scale = plots.display_scale(fig)
-    small = [(t.get_text(), t.get_fontsize()) for t in _texts(fig) if t.get_fontsize() * scale < plots.MIN_TEXT_PT]
+    small = [(t.get_text(), t.get_fontsize()) for t in _texts(fig)
+             if t.get_fontsize() * scale < plots.MIN_TEXT_PT]
     assert not small, f"text below {plots.MIN_TEXT_PT} pt in the book: {small}"
 
 
