@@ -469,11 +469,32 @@ def check_notebook(notebook: NotebookLike, presentation: bool = True) -> Problem
     return problems
 
 
-if __name__ == "__main__":  # python tests/notebook_checks.py notebooks/*.ipynb
+def hide_injected_parameters(path: str | os.PathLike) -> int:
+    """Tag papermill's ``injected-parameters`` cells of the notebook at ``path``
+    ``remove-cell`` (the book then leaves them out; they still ran) and save it.
+    Returns how many cells were tagged."""
+    nb = load(path)
+    tagged = 0
+    for cell in nb.cells:
+        tags = (cell.get("metadata") or {}).get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+            tagged += 1
+    if tagged:
+        nbformat.write(nb, Path(path))
+    return tagged
+
+
+if __name__ == "__main__":  # python tests/notebook_checks.py [--hide-injected] notebooks/*.ipynb
     import sys
 
+    args = sys.argv[1:]
+    if "--hide-injected" in args:
+        args.remove("--hide-injected")
+        for path in args:
+            print(f"{path}: tagged {hide_injected_parameters(path)} injected-parameters cell(s) remove-cell")
     failed = False
-    for path in sys.argv[1:]:
+    for path in args:
         found = check_notebook(path)
         failed = failed or bool(found)
         print(f"{path}: {'ok' if not found else f'{len(found)} problem(s)'}")

@@ -401,6 +401,18 @@ def test_visible_injected_parameters_cell_is_caught():
     assert checks.check_setup_cells_hidden(nb) == []
 
 
+def test_hide_injected_parameters_tags_the_cell(tmp_path):
+    nb = good_notebook()
+    injected = new_code_cell('# Parameters\nBUDGET = "cpu"\n', execution_count=None)
+    injected.metadata["tags"] = ["injected-parameters"]
+    nb.cells.insert(3, injected)
+    path = tmp_path / "99_example.ipynb"
+    nbformat.write(nb, path)
+    assert checks.hide_injected_parameters(path) == 1
+    assert checks.hide_injected_parameters(path) == 0  # already tagged
+    assert checks.check_setup_cells_hidden(nbformat.read(path, as_version=4)) == []
+
+
 def test_cells_after_the_first_section_may_show_code():
     nb = good_notebook()
     assert "tags" not in nb.cells[5].metadata

@@ -14,10 +14,13 @@ For each page it also prints what a reader would notice:
   as ``typeset < total``);
 - ``overflow``: how far (CSS px) the page is wider than the window (anything
   above 0 means the reader must scroll the whole page sideways);
-- ``cut``: elements that hide part of their content without a scroll bar;
+- ``cut``: code blocks and formulas wider than their box (a reader has to
+  scroll them sideways), and elements that hide part of their content
+  without a scroll bar (tables and figures may scroll inside their own box);
 - ``figures``: the smallest scale at which a figure is shown (displayed width
   / its size as saved, from the dpi in the PNG); text of 10 pt in a figure
-  reads as 10 pt times that scale (at 96 CSS px per inch).
+  reads as 10 pt times that scale (at 96 CSS px per inch); below
+  :data:`MIN_FIGURE_SCALE` the page view counts as a problem.
 
 Look at every screenshot of a page you changed. This is a tool for people, not
 part of CI. It talks to Chromium over the DevTools protocol on a pipe, so it
@@ -40,6 +43,9 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+#: A figure shown smaller than this (shown width / saved width at 96 px per inch)
+#: counts as unreadable: its 10 pt text reads below 7.5 pt.
+MIN_FIGURE_SCALE = 0.75
 
 #: Runs in the page once MathJax has finished; returns the audit as a dict.
 AUDIT_JS = r"""
@@ -61,6 +67,11 @@ AUDIT_JS = r"""
   };
   const right = article.getBoundingClientRect().right + 1;
   for (const el of article.querySelectorAll('pre, table, img, .cell_output, .output, div.math')) {
+    // Code and formulas must fit: one that has to be scrolled sideways looks cut off.
+    if (el.matches('pre, div.math') && el.scrollWidth > el.clientWidth + 1) {
+      cut.push(el.tagName.toLowerCase() + '.' + [...el.classList].join('.') + ' (scrolls)');
+      continue;
+    }
     const hiddenInside = el.scrollWidth > el.clientWidth + 1 && !scrolls(el);
     const pastArticle = el.getBoundingClientRect().right > right;
     if ((hiddenInside || pastArticle) && !insideScrollBox(el)) {
@@ -239,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
                 png = args.out / f"{page.replace('/', '__')}-{width}.png"
                 audit = browser.shoot(html.resolve().as_uri(), width, width < 600, png)
                 scales = [figure_scale(html, f) for f in audit["figures"]]
-                bad = audit["math_typeset"] < audit["math_total"] or audit["overflow"] > 0 or audit["cut"]
+                too_small = bool(scales) and min(scales) < MIN_FIGURE_SCALE
+                bad = (audit["math_typeset"] < audit["math_total"] or audit["overflow"] > 0
+                       or audit["cut"] or too_small)
                 problems += bool(bad)
                 print(f"{'!!' if bad else 'ok'} {page} @ {width}px: column {audit['column']} px, "
                       f"math {audit['math_typeset']}/{audit['math_total']}, overflow {audit['overflow']} px, "
