@@ -1,4 +1,22 @@
-"""Figures for the book: spectra of representations and metric-vs-accuracy scatters.
+"""Figures for the book, in one house style.
+
+The style (see CONTRIBUTING.md, "Presentation standard"):
+
+- :func:`use_style` (for a whole notebook) or :func:`style` (a ``with`` block)
+  set matplotlib's defaults: figures :data:`FIGURE_WIDTH` inches wide, which
+  is the width of the book's content column in a 1366 px window, saved at
+  :data:`DPI` dots per inch, with text of at least 10 pt. :func:`figure` makes
+  a figure of that size with one or more panels. :func:`display_scale` says
+  how large a figure's text reads in the book.
+- :data:`COLORS` and :func:`color`: one colour per method and per study,
+  the same in every chapter.
+- :func:`reference_lines` draws chance, raw pixels, an untrained network and
+  the supervised ceiling on an accuracy axis; every accuracy plot shows the
+  ones it has.
+- Legends sit outside the data (:func:`legend_outside`), and two quantities
+  get two panels, never twin y axes.
+
+The plotting functions:
 
 - :func:`plot_eigenspectrum`: covariance eigenspectrum on log–log axes with the
   α-ReQ power law (Agrawal et al., NeurIPS 2022) fitted over its rank range.
@@ -6,17 +24,22 @@
   quantity behind RankMe (Garrido et al., ICML 2023).
 - :func:`plot_metric_vs_accuracy`: does a label-free metric rank models like
   their accuracy does? Scatter with Spearman's rank correlation ρ.
-- :func:`plot_study`: one study (a sweep of one setting): accuracies and
-  RankMe against the setting.
+- :func:`plot_study`: one study (a sweep of one setting): accuracies in one
+  panel, RankMe in a second, against the setting.
 
-Each function takes data (torch tensors, numpy arrays, lists, dicts) and an
-optional matplotlib ``ax``, draws on it (or on a new figure) and returns it.
+Each takes data (torch tensors, numpy arrays, lists, dicts) and an optional
+matplotlib ``ax``, draws on it (or on a new figure of the house style) and
+returns it.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import warnings
+import zlib
 
+import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -24,11 +47,233 @@ import torch
 from cookbook import metrics
 from cookbook.experiment import spearman
 
-__all__ = ["plot_eigenspectrum", "plot_metric_vs_accuracy", "plot_singular_values", "plot_study"]
+__all__ = [
+    "COLORS", "COLUMN_PX", "DPI", "FIGURE_WIDTH", "MIN_TEXT_PT", "REFERENCE_STYLES", "RC", "color",
+    "display_scale", "figure", "legend_outside", "plot_eigenspectrum", "plot_metric_vs_accuracy",
+    "plot_singular_values", "plot_study", "reference_lines", "study_colors", "style", "use_style",
+]
+
+#: Width of the book's content column in a 1366 px wide window, in CSS px
+#: (measured with tools/screenshots.py; sphinx-book-theme, primary and
+#: secondary sidebars shown).
+COLUMN_PX = 757
+#: Width of a figure in inches. At 96 CSS px per inch it is 720 px, a little
+#: narrower than the column, so a full-width figure is shown at about its true
+#: size (scale 757 / 720) and its text at the point size it was drawn with.
+FIGURE_WIDTH = 7.5
+#: Resolution of saved and inline figures, dots per inch.
+DPI = 150
+#: Smallest text size, in points, as a reader sees it in the content column.
+MIN_TEXT_PT = 10.0
+
+#: matplotlib settings of the house style (see :func:`style`).
+RC = {
+    "figure.figsize": (FIGURE_WIDTH, 3.4),
+    "figure.dpi": DPI,
+    "savefig.dpi": DPI,
+    "figure.constrained_layout.use": True,
+    "font.size": 10.5,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10.5,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "legend.fontsize": 10,
+    "legend.title_fontsize": 10,
+    "figure.titlesize": 11.5,
+    "legend.frameon": False,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.6,
+    "lines.linewidth": 1.8,
+    "lines.markersize": 5.5,
+}
+
+#: One colour per method, the same in every chapter. Families share a hue
+#: range: blues and purple for deep metric learning, reds for
+#: self-distillation, greens for canonical correlation analysis, browns for
+#: masked image modeling; the supervised model is black.
+COLORS = {
+    "simclr": "#1f5fa8",
+    "moco": "#4fa3e0",
+    "nnclr": "#17a2b8",
+    "dcl": "#6a3d9a",
+    "byol": "#c62828",
+    "simsiam": "#ef7d16",
+    "dino": "#d0509a",
+    "vicreg": "#2e8b3e",
+    "barlowtwins": "#7fb800",
+    "swav": "#a69b00",
+    "wmse": "#0f5e3c",
+    "mae": "#8c564b",
+    "simmim": "#c08a32",
+    "supervised": "#000000",
+}
+#: Colours for studies and other series that are not methods; :func:`study_colors`
+#: gives each name a stable one. None of them is a method's colour.
+STUDY_PALETTE = ("#0072b2", "#e69f00", "#009e73", "#cc79a7",
+                 "#56b4e9", "#d55e00", "#7a7a00", "#5e3c99")
+
+_ALIASES = {"mocov2": "moco", "mocov3": "moco", "barlow": "barlowtwins", "wmse4": "wmse"}
+
+#: How each reference line is drawn: label, colour, line style.
+REFERENCE_STYLES = {
+    "chance": ("chance", "0.55", ":"),
+    "raw_pixels": ("raw pixels", "0.35", "--"),
+    "untrained": ("untrained network", "0.45", "-."),
+    "supervised": ("supervised", COLORS["supervised"], (0, (6, 2))),
+}
+
+_MEASURES = {  # metric key: (legend label, marker, line style)
+    "knn_test": ("kNN (test)", "o", "-"),
+    "linear_test": ("linear probe (test)", "s", "--"),
+    "knn_val": ("kNN (validation)", "D", ":"),
+    "emb_knn_test": ("kNN, projector output", "^", "-"),
+    "emb_linear_test": ("linear, projector output", "v", "--"),
+}
 
 
+# ------------------------------------------------------------------ the style
+def style():
+    """A ``with`` block in the house style: ``with plots.style(): ...``."""
+    return mpl.rc_context(RC)
+
+
+def use_style() -> None:
+    """Make the house style matplotlib's default for the rest of the session
+    (a notebook's set-up cell calls it once)."""
+    mpl.rcParams.update(RC)
+
+
+def figure(ncols: int = 1, nrows: int = 1, height: float | None = None, **subplots):
+    """A new figure of the house style: FIGURE_WIDTH inches wide, DPI, constrained layout.
+
+    height: inches (default 3.4 for one row, 2.9 per row beyond). Other
+    keyword arguments go to ``plt.subplots`` (``sharey=True``, ...). Returns
+    ``(fig, ax)`` for one panel, ``(fig, axes)`` for several.
+    """
+    if ncols < 1 or nrows < 1:
+        raise ValueError(f"a figure needs at least one panel, got ncols={ncols}, nrows={nrows}")
+    height = height if height is not None else 3.4 + 2.9 * (nrows - 1)
+    return plt.subplots(nrows, ncols, figsize=(FIGURE_WIDTH, height), dpi=DPI, layout="constrained",
+                        **subplots)
+
+
+def display_scale(fig) -> float:
+    """How large the figure's text reads in the book's content column, relative to
+    its size in points: 10 pt text reads as ``10 * display_scale(fig)`` pt.
+
+    The book shows a figure at its size in pixels (width in inches × dpi) or
+    at the column's width (:data:`COLUMN_PX`), whichever is smaller; a point
+    is 96/72 CSS px.
+    """
+    width_in = fig.get_figwidth()
+    shown_px = min(width_in * fig.dpi, COLUMN_PX)
+    return shown_px / (width_in * 96.0)
+
+
+def _key(name: str) -> str:
+    key = re.sub(r"[^a-z0-9]", "", str(name).lower())
+    return _ALIASES.get(key, key)
+
+
+def color(name: str) -> str:
+    """The colour of a method ("SimCLR", "MoCo v2", "barlow_twins" ...) or, for
+    any other name, a stable colour of :data:`STUDY_PALETTE` (the same name
+    gets the same colour in every chapter; use :func:`study_colors` to keep
+    the names of one figure apart)."""
+    key = _key(name)
+    if key in COLORS:
+        return COLORS[key]
+    return STUDY_PALETTE[zlib.crc32(key.encode()) % len(STUDY_PALETTE)]
+
+
+def study_colors(names) -> dict:
+    """A colour for each of ``names`` (methods or studies): methods get their
+    :data:`COLORS`; the others start from their stable colour (:func:`color`)
+    and move to the next free one of :data:`STUDY_PALETTE` if another name of
+    the figure already has it."""
+    names = list(dict.fromkeys(names))
+    chosen = {n: COLORS[_key(n)] for n in names if _key(n) in COLORS}
+    used = set(chosen.values())
+    for name in names:
+        if name in chosen:
+            continue
+        start = STUDY_PALETTE.index(color(name))
+        for step in range(len(STUDY_PALETTE)):
+            candidate = STUDY_PALETTE[(start + step) % len(STUDY_PALETTE)]
+            if candidate not in used:
+                break
+        chosen[name] = candidate
+        used.add(candidate)
+    return {n: chosen[n] for n in names}
+
+
+def legend_outside(ax, handles=None, labels=None, where: str = "auto", **options):
+    """A legend that does not cover data; returns it (None when nothing is labelled).
+
+    where: "right" puts it to the right of ``ax``, outside the axes (for a
+    figure with one panel); "below" puts it under the x-axis label of ``ax``
+    (for a panel among several), or under all panels, across the figure,
+    when ``figure_wide`` is true (pass it in ``options``) and the figure uses
+    constrained layout; "auto" is "right" for a figure with one panel and
+    "below" otherwise. With constrained layout the panels shrink to make room.
+    """
+    figure_wide = options.pop("figure_wide", False)
+    if where not in ("right", "below", "auto"):
+        raise ValueError(f"where must be 'right', 'below' or 'auto', got {where!r}")
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return None
+    fig = ax.figure
+    if where == "auto":
+        where = "right" if len(fig.axes) == 1 else "below"
+    if where == "right":
+        return ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                         borderaxespad=0, **options)
+    constrained = isinstance(fig.get_layout_engine(), mpl.layout_engine.ConstrainedLayoutEngine)
+    if figure_wide and constrained:
+        return fig.legend(handles, labels, loc="outside lower center", ncols=min(len(handles), 3),
+                          **options)
+    # Below this panel's x-axis label: an offset in points from the bottom of the axes
+    # (tick labels, their pads and the label), so that it holds whatever the panel's size.
+    tick_pt = max([t.get_fontsize() for t in ax.xaxis.get_majorticklabels()] or [MIN_TEXT_PT])
+    label_pt = ax.xaxis.label.get_fontsize() if ax.get_xlabel() else 0.0
+    below_pt = 1.3 * tick_pt + 1.3 * label_pt + 20
+    anchor = mpl.transforms.offset_copy(ax.transAxes, fig=fig, y=-below_pt, units="points")
+    return ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                     bbox_transform=anchor, borderaxespad=0, ncols=options.pop("ncols", 1),
+                     **options)
+
+
+def reference_lines(ax, *, chance: float | None = None, raw_pixels: float | None = None,
+                    untrained: float | None = None, supervised: float | None = None) -> list:
+    """Horizontal reference lines on an accuracy axis, in the axis's units (pass
+    percentages on a % axis): chance (1 / number of classes), kNN or probe on
+    raw pixels, the same evaluation of an untrained network, and a supervised
+    model's accuracy (the ceiling). Lines left as None are not drawn. Each is
+    labelled for the legend ("raw pixels (31.2)"). Returns the lines drawn.
+    """
+    drawn = []
+    for key, value in (("chance", chance), ("raw_pixels", raw_pixels), ("untrained", untrained),
+                       ("supervised", supervised)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+                or not math.isfinite(value):
+            raise ValueError(f"reference line {key}={value!r}: expected a finite number "
+                             "in the axis's units")
+        label, colour, linestyle = REFERENCE_STYLES[key]
+        drawn.append(ax.axhline(float(value), color=colour, linestyle=linestyle, linewidth=1.2,
+                                zorder=1, label=f"{label} ({value:.1f})"))
+    return drawn
+
+
+# ------------------------------------------------------------------ the plots
 def _axes(ax):
-    return ax if ax is not None else plt.subplots(figsize=(5, 3.5))[1]
+    return ax if ax is not None else figure()[1]
 
 
 def _spectrum(values, of_matrix) -> np.ndarray:
@@ -41,22 +286,25 @@ def _spectrum(values, of_matrix) -> np.ndarray:
     return np.sort(values.to(torch.float64).cpu().numpy())[::-1].copy()
 
 
-def plot_eigenspectrum(Z_or_eigenvalues, fit_range: tuple[int, int] = (4, 100), ax=None, label: str | None = None):
+def plot_eigenspectrum(Z_or_eigenvalues, fit_range: tuple[int, int] = (4, 100), ax=None,
+                       label: str | None = None):
     """Normalised covariance eigenspectrum, log–log, with its fitted power law.
 
     Z_or_eigenvalues: features (N, D), or their covariance eigenvalues (D,)
     in any order and scale (they are sorted and normalised to sum to 1).
     Draws λ_i against rank i, then the α-ReQ fit exp(c)·i^(−α) over fit_range
     (1-based, inclusive; see :func:`cookbook.metrics.fit_power_law`) with that
-    range shaded and α in the legend. If no power law can be fitted, the
-    spectrum is drawn alone, with a warning. Returns the Axes.
+    range shaded and α in the legend (outside the axes). If no power law can
+    be fitted, the spectrum is drawn alone, with a warning. Returns the Axes.
     """
     ax = _axes(ax)
     lam = _spectrum(Z_or_eigenvalues, metrics.eigenspectrum)
     lam = lam / lam.sum()
     ranks = np.arange(1, len(lam) + 1)
     positive = lam > 0  # zeros have no place on a log axis
-    (line,) = ax.loglog(ranks[positive], lam[positive], label=label or "eigenspectrum")
+    line_color = color(label) if label else None
+    (line,) = ax.loglog(ranks[positive], lam[positive], label=label or "eigenspectrum",
+                        color=line_color)
     try:
         fit = metrics.fit_power_law(lam, fit_range)
     except ValueError as error:
@@ -64,11 +312,12 @@ def plot_eigenspectrum(Z_or_eigenvalues, fit_range: tuple[int, int] = (4, 100), 
     else:
         i = np.arange(fit.first, fit.last + 1)
         ax.loglog(i, np.exp(fit.intercept) * i ** (-fit.alpha), "k--", linewidth=1,
-                  label=f"power law, α = {fit.alpha:.2f} (R² = {fit.r2:.2f})")
-        ax.axvspan(fit.first, fit.last, color=line.get_color(), alpha=0.08, label=f"fit range {fit.first}–{fit.last}")
+                  label=f"power law, α = {fit.alpha:.2f}\n(R² = {fit.r2:.2f})")
+        ax.axvspan(fit.first, fit.last, color=line.get_color(), alpha=0.08,
+                   label=f"fit range {fit.first}–{fit.last}")
     ax.set_xlabel("rank i (1 = largest)")
-    ax.set_ylabel(r"$\lambda_i\ /\ \Sigma_j\,\lambda_j$ (fraction of variance)")
-    ax.legend(fontsize="small")
+    ax.set_ylabel(r"$\lambda_i\ /\ \Sigma_j\,\lambda_j$ (variance)")
+    legend_outside(ax)
     return ax
 
 
@@ -77,30 +326,38 @@ def plot_singular_values(spectra: dict, ax=None, normalise: bool = True):
 
     spectra: {name: features (N, D) or their singular values (1-D)}. Each
     curve is σ_k against rank k, divided by σ_1 when ``normalise`` so that
-    runs of different scale compare; the legend gives each one's RankMe.
-    Returns the Axes.
+    runs of different scale compare; the legend (outside the axes) gives each
+    one's RankMe. Curves named after a method or study get its colour
+    (:func:`study_colors`). Returns the Axes.
     """
     ax = _axes(ax)
+    # Curves already on the axes keep their colours; new names take the next free ones.
+    names = [line.get_label().split(" (RankMe")[0] for line in ax.get_lines()]
+    names += [str(n) for n in spectra]
+    colours = study_colors(names)
     for name, values in spectra.items():
         sigma = _spectrum(values, metrics.singular_values)
         score = metrics.rankme_from_singular_values(sigma)
         y = sigma / sigma[0] if normalise else sigma
-        ax.plot(np.arange(1, len(sigma) + 1), y, label=f"{name} (RankMe {score:.1f})")
+        ax.plot(np.arange(1, len(sigma) + 1), y, label=f"{name} (RankMe {score:.1f})",
+                color=colours[str(name)])
     ax.set_yscale("log")
     ax.set_xlabel("rank k (1 = largest)")
     ax.set_ylabel(r"$\sigma_k / \sigma_1$" if normalise else r"singular value $\sigma_k$ (feature units)")
-    ax.legend(fontsize="small")
+    legend_outside(ax)
     return ax
 
 
 def plot_metric_vs_accuracy(metric_values, accuracies, labels=None, metric_name: str = "RankMe",
-                            accuracy_name: str = "kNN accuracy (%)", ax=None):
+                            accuracy_name: str = "kNN accuracy (%)", ax=None, groups=None):
     """Scatter of a label-free metric against accuracy, Spearman's ρ in the title.
 
     metric_values, accuracies: one value per model, plotted as given (pass
     percentages if accuracy_name says %). labels: optional text per point.
-    ρ is undefined (shown as "n/a") with fewer than 3 points or a constant
-    series. Returns the Axes.
+    groups: optional study name per point; each study gets its colour
+    (:func:`study_colors`) and a legend entry outside the axes. ρ (over all
+    points) is undefined (shown as "n/a") with fewer than 3 points or a
+    constant series. Returns the Axes.
     """
     ax = _axes(ax)
     x = np.asarray(torch.as_tensor(metric_values, dtype=torch.float64))
@@ -109,49 +366,85 @@ def plot_metric_vs_accuracy(metric_values, accuracies, labels=None, metric_name:
         raise ValueError(f"metric_values and accuracies must be 1-D of equal length, got {x.shape} and {y.shape}")
     if labels is not None and len(labels) != len(x):
         raise ValueError(f"got {len(labels)} labels for {len(x)} points")
-    ax.scatter(x, y)
+    if groups is not None and len(groups) != len(x):
+        raise ValueError(f"got {len(groups)} groups for {len(x)} points")
+    if groups is None:
+        ax.scatter(x, y, color=STUDY_PALETTE[0], zorder=3)
+    else:
+        groups = [str(g) for g in groups]
+        for name, colour in study_colors(groups).items():
+            mask = np.array([g == name for g in groups])
+            ax.scatter(x[mask], y[mask], color=colour, label=name, zorder=3)
+        legend_outside(ax)
     for xi, yi, text in zip(x, y, labels if labels is not None else []):
-        ax.annotate(str(text), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize="small")
+        ax.annotate(str(text), (xi, yi), textcoords="offset points", xytext=(4, 4))
     rho = spearman(x, y)
     rho_text = "n/a" if np.isnan(rho) else f"{rho:.2f}"
-    ax.set_title(f"{metric_name} vs {accuracy_name}: Spearman ρ = {rho_text} (n = {len(x)})")
+    ax.set_title(f"Spearman ρ = {rho_text}\nn = {len(x)} models")
     ax.set_xlabel(metric_name)
     ax.set_ylabel(accuracy_name)
     return ax
 
 
+def _method_color(runs) -> str | None:
+    names = {getattr(getattr(r, "method", None), "name", None) for r in runs}
+    if len(names) == 1:
+        (name,) = names
+        if name and _key(name) in COLORS:
+            return COLORS[_key(name)]
+    return None
+
+
 def plot_study(runs, accuracies=("knn_test", "linear_test"), xlabel: str = "setting", log_x: bool = False,
-               title: str | None = None, ax=None):
-    """One study: accuracies (left axis, %) and RankMe (right axis) against the setting.
+               title: str | None = None, ax=None, references: dict | None = None):
+    """One study in two panels: accuracies (%, left) and RankMe (right) against the setting.
 
     runs: :class:`cookbook.experiment.Run` objects (or anything with
     ``.setting`` and a ``.metrics`` dict), in the order to draw. Numeric
     settings are placed by value (``log_x`` for a log axis), others evenly,
-    in the given order. Returns the left Axes.
+    in the given order. The lines take the colour of the runs' method
+    (:data:`COLORS`) and a marker and line style per accuracy. references:
+    keyword arguments of :func:`reference_lines`, in % (e.g.
+    ``{"chance": 10, "raw_pixels": 31.2}``). ax: None (a new figure), or a
+    pair of Axes (accuracy, RankMe). The legend sits below the panels.
+    Returns the accuracy Axes; ``ax.figure.axes`` holds both panels.
     """
-    ax = _axes(ax)
+    if ax is None:
+        fig, (ax, rank_ax) = figure(ncols=2, height=3.3)
+    else:
+        try:
+            ax, rank_ax = ax
+        except (TypeError, ValueError):
+            raise ValueError("plot_study draws two panels: pass ax=(accuracy_axes, rankme_axes), "
+                             "e.g. from plots.figure(ncols=2), or leave ax=None") from None
+    if not runs:
+        raise ValueError("plot_study needs at least one run")
     settings = [r.setting for r in runs]
     numeric = all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in settings)
     x = np.asarray(settings, dtype=float) if numeric else np.arange(len(settings))
-    names = {"knn_test": "kNN (test)", "linear_test": "linear probe (test)", "knn_val": "kNN (validation)",
-             "emb_knn_test": "kNN on projector output", "emb_linear_test": "linear probe on projector output"}
+    colour = _method_color(runs) or STUDY_PALETTE[0]
     for key in accuracies:
-        ax.plot(x, [100 * r.metrics[key] for r in runs], "o-", label=names.get(key, key))
-    if log_x:
-        ax.set_xscale("log")
-    if numeric:
-        ax.set_xticks(x, [f"{s:g}" for s in settings])
-        ax.minorticks_off()
-    else:
-        ax.set_xticks(x, [str(s) for s in settings], rotation=20, ha="right")
-    ax.set_xlabel(xlabel)
+        label, marker, linestyle = _MEASURES.get(key, (key, "o", "-"))
+        projector = key.startswith("emb_")  # the projector's output: a lighter line, open markers
+        ax.plot(x, [100 * r.metrics[key] for r in runs], marker=marker, linestyle=linestyle,
+                color=colour, alpha=0.6 if projector else 1.0,
+                markerfacecolor="white" if projector else colour, label=label, zorder=3)
+    reference_lines(ax, **(references or {}))
+    rank_ax.plot(x, [r.metrics["rankme"] for r in runs], marker="o", color=colour, zorder=3)
+    for panel in (ax, rank_ax):
+        if log_x:
+            panel.set_xscale("log")
+        if numeric:
+            panel.set_xticks(x, [f"{s:g}" for s in settings])
+            panel.minorticks_off()
+        else:
+            panel.set_xticks(x, [str(s) for s in settings], rotation=30, ha="right")
+        panel.set_xlabel(xlabel)
     ax.set_ylabel("accuracy (%)")
-    right = ax.twinx()
-    right.plot(x, [r.metrics["rankme"] for r in runs], "s--", color="0.5", label="RankMe (right axis)")
-    right.set_ylabel("RankMe of the embedding")
-    lines = ax.get_legend_handles_labels()
-    more = right.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize="small", loc="best")
+    ax.set_title("accuracy")
+    rank_ax.set_ylabel("RankMe (embedding)")
+    rank_ax.set_title("RankMe (no labels)")
+    legend_outside(ax, where="below", figure_wide=True)
     if title:
-        ax.set_title(title)
+        ax.figure.suptitle(title)
     return ax

@@ -14,6 +14,17 @@ The conventions are written down in CONTRIBUTING.md:
 * no widget state (plain-text progress only);
 * exactly one cell tagged ``parameters`` that assigns ``BUDGET``.
 
+and the book's presentation standard (:data:`PRESENTATION_CHECKS`, CONTRIBUTING.md,
+"Presentation standard"):
+
+* code lines of at most :data:`MAX_LINE` characters;
+* set-up cells (everything before the first ``##`` section) hidden by a tag;
+* every figure numbered and captioned through ``mystnb`` figure metadata, and
+  referred to from the prose;
+* long printed output (training logs) collapsed by a tag;
+* tables with short headers and no empty index-name row;
+* no percentage typed into the prose: numbers come from ``glue``.
+
 This is test code, not package code: the chapters never import it.
 """
 
@@ -23,6 +34,7 @@ import ast
 import getpass
 import os
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Callable, Iterable, Union
 
@@ -54,6 +66,17 @@ LOCAL_PATH = re.compile("|".join(LOCAL_PATH_PATTERNS), re.IGNORECASE)
 
 _BUDGET_LINE = re.compile(r"^\s*budget:\s*(\S*)", re.MULTILINE | re.IGNORECASE)
 _WALL_TIME_LINE = re.compile(r"^\s*wall time:\s*\S", re.MULTILINE | re.IGNORECASE)
+
+#: Longest code line a chapter may have (characters), so code fits the book's column.
+MAX_LINE = 88
+#: Tags that hide a cell's code in the book (the cell still runs on Colab and in papermill).
+HIDING_TAGS = ("remove-cell", "remove-input", "hide-cell", "hide-input")
+#: Tags that collapse or remove a cell's output in the book.
+OUTPUT_HIDING_TAGS = ("remove-cell", "remove-output", "hide-cell", "hide-output")
+#: Most printed lines a cell may show before its output must be collapsed.
+MAX_VISIBLE_OUTPUT_LINES = 15
+#: Longest table header, in characters (longer ones wrap to several lines).
+MAX_HEADER_CHARS = 24
 
 Problems = list[str]
 NotebookLike = Union[nbformat.NotebookNode, str, os.PathLike]
@@ -263,6 +286,149 @@ def check_parameters_cell(nb) -> Problems:
     return []
 
 
+# --------------------------------------------------------------------------- presentation
+def check_code_line_length(nb, limit: int = MAX_LINE) -> Problems:
+    """No code line is longer than ``limit`` characters (it would not fit the column)."""
+    problems = []
+    for index, cell in _code_cells(nb):
+        for number, line in enumerate(_text(cell.get("source", "")).splitlines(), 1):
+            if len(line) > limit:
+                problems.append(f"cell {index}, line {number}: {len(line)} characters (at most {limit}): "
+                                f"{line[:40].strip()}...")
+    return problems
+
+
+def _is_section_start(cell) -> bool:
+    return cell.get("cell_type") == "markdown" and re.search(
+        r"^##\s", _text(cell.get("source", "")), re.MULTILINE) is not None
+
+
+def check_setup_cells_hidden(nb) -> Problems:
+    """Every code cell before the first ``##`` section (Colab install, imports,
+    parameters, papermill's injected parameters, settings, run card) carries a
+    tag that hides its code in the book: the page starts with content."""
+    problems = []
+    for index, cell in enumerate(nb.cells):
+        if _is_section_start(cell):
+            break
+        if cell.get("cell_type") != "code" or not _text(cell.get("source", "")).strip():
+            continue
+        if not set(_tags(cell)) & set(HIDING_TAGS):
+            first = _text(cell.get("source", "")).strip().splitlines()[0][:50]
+            problems.append(f"cell {index} ({first!r}) comes before the first section and shows its code: "
+                            f"tag it one of {', '.join(HIDING_TAGS)} (papermill's injected-parameters "
+                            "cell too: add remove-cell after the run)")
+    return problems
+
+
+def _has_image(cell) -> bool:
+    return any(mime.startswith("image/") for o in cell.get("outputs", []) for mime in (o.get("data") or {}))
+
+
+def check_figures_captioned(nb) -> Problems:
+    """Every cell that shows a figure has ``mystnb: {figure: {name, caption}}``
+    metadata (the book numbers and captions it) and the prose refers to the
+    figure by its name (``{numref}`fig-name``` prints "Figure N")."""
+    problems = []
+    prose = "\n".join(_text(c.get("source", "")) for c in nb.cells if c.get("cell_type") == "markdown")
+    for index, cell in _code_cells(nb):
+        if not _has_image(cell) or set(_tags(cell)) & {"remove-cell", "remove-output"}:
+            continue
+        figure = ((cell.get("metadata") or {}).get("mystnb") or {}).get("figure") or {}
+        name, caption = figure.get("name"), figure.get("caption")
+        if not name or not caption:
+            problems.append(f"cell {index}: a figure without a number or caption: add cell metadata "
+                            '{"mystnb": {"figure": {"name": "fig-...", "caption": "What it shows."}}}')
+        elif not re.search(rf"[`(#]{re.escape(name)}[`)>]", prose):
+            problems.append(f"cell {index}: figure {name!r} is never referred to: "
+                            f"write {{numref}}`{name}` in the text")
+    return problems
+
+
+def check_long_outputs_collapsed(nb, limit: int = MAX_VISIBLE_OUTPUT_LINES) -> Problems:
+    """A cell that prints more than ``limit`` lines (a training log) is tagged to
+    collapse its output (hide-output), or prints one line per run instead."""
+    problems = []
+    for index, cell in _code_cells(nb):
+        lines = sum(_text(o.get("text", "")).count("\n") for o in cell.get("outputs", [])
+                    if o.get("output_type") == "stream")
+        if lines > limit and not set(_tags(cell)) & set(OUTPUT_HIDING_TAGS):
+            problems.append(f"cell {index}: prints {lines} lines; tag it hide-output (collapsed in the "
+                            f"book) or print at most {limit} lines (one per run)")
+    return problems
+
+
+class _TableHeaders(HTMLParser):
+    """Rows of <th> texts in each <thead> of an HTML output."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self._in_head, self._cell = [], False, None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "thead":
+            self._in_head = True
+        elif tag == "tr" and self._in_head:
+            self.rows.append([])
+        elif tag in ("th", "td") and self._in_head and self.rows:
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag == "thead":
+            self._in_head = False
+        elif tag in ("th", "td") and self._cell is not None:
+            self.rows[-1].append(self._cell.strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+def check_tables(nb, max_header: int = MAX_HEADER_CHARS) -> Problems:
+    """Tables (HTML outputs) have headers of at most ``max_header`` characters and
+    no header row that holds only the index's name (pandas prints one when the
+    index is named: put the name in the corner with
+    ``df.rename_axis(index=None, columns=NAME)``)."""
+    problems = []
+    for index, cell in _code_cells(nb):
+        for output in cell.get("outputs", []):
+            html = (output.get("data") or {}).get("text/html")
+            if html is None or "<table" not in _text(html):
+                continue
+            parser = _TableHeaders()
+            parser.feed(_text(html))
+            for row in parser.rows:
+                if len(row) > 1 and row[0] and not any(row[1:]):
+                    problems.append(f"cell {index}: a table header row holds only the index name "
+                                    f"{row[0]!r}: use df.rename_axis(index=None, columns={row[0]!r})")
+                for header in row:
+                    if len(header) > max_header:
+                        problems.append(f"cell {index}: table header {header!r} has {len(header)} "
+                                        f"characters (at most {max_header}); shorten it and explain "
+                                        "it in the text")
+    return problems
+
+
+_INLINE_CODE_OR_MATH = re.compile(r"```.*?```|`[^`]*`|\$\$.*?\$\$|\$[^$]*\$", re.DOTALL)
+_TYPED_PERCENT = re.compile(r"\b\d+(?:\.\d+)?\s?(?:%|percent\b|percentage points?\b)")
+
+
+def check_prose_numbers_glued(nb) -> Problems:
+    """The prose types no measured percentage ("reaches 43.2 %"): such numbers come
+    from the run through ``glue`` (``{glue:text}`name:.1f` %``), so that they
+    change when the notebook is run again. Code, math and roles are ignored."""
+    problems = []
+    for index, cell in enumerate(nb.cells):
+        if cell.get("cell_type") != "markdown":
+            continue
+        prose = _INLINE_CODE_OR_MATH.sub(" ", _text(cell.get("source", "")))
+        for match in _TYPED_PERCENT.finditer(prose):
+            problems.append(f"cell {index}: {match.group(0)!r} is typed into the prose; glue it from "
+                            "the cell that measured it (myst_nb.glue, then {glue:text}`name`)")
+    return problems
+
+
 CHECKS: tuple[Callable[..., Problems], ...] = (
     check_execution_order,
     check_no_errors,
@@ -272,6 +438,16 @@ CHECKS: tuple[Callable[..., Problems], ...] = (
     check_parameters_cell,
 )
 
+#: The presentation standard; CONTRIBUTING.md, "Presentation standard".
+PRESENTATION_CHECKS: tuple[Callable[..., Problems], ...] = (
+    check_code_line_length,
+    check_setup_cells_hidden,
+    check_figures_captioned,
+    check_long_outputs_collapsed,
+    check_tables,
+    check_prose_numbers_glued,
+)
+
 
 def load(notebook: NotebookLike) -> nbformat.NotebookNode:
     if isinstance(notebook, nbformat.NotebookNode):
@@ -279,24 +455,46 @@ def load(notebook: NotebookLike) -> nbformat.NotebookNode:
     return nbformat.read(Path(notebook), as_version=4)
 
 
-def check_notebook(notebook: NotebookLike) -> Problems:
-    """Every problem found by every check (an empty list: the notebook can be committed)."""
+def check_notebook(notebook: NotebookLike, presentation: bool = True) -> Problems:
+    """Every problem found by every check (an empty list: the notebook can be committed).
+    ``presentation=False`` leaves out :data:`PRESENTATION_CHECKS`."""
     nb = load(notebook)
     problems = []
     try:
         nbformat.validate(nb)
     except nbformat.ValidationError as error:
         problems.append(f"not a valid notebook: {str(error).splitlines()[0]}")
-    for check in CHECKS:
+    for check in CHECKS + (PRESENTATION_CHECKS if presentation else ()):
         problems += check(nb)
     return problems
 
 
-if __name__ == "__main__":  # python tests/notebook_checks.py notebooks/*.ipynb
+def hide_injected_parameters(path: str | os.PathLike) -> int:
+    """Tag papermill's ``injected-parameters`` cells of the notebook at ``path``
+    ``remove-cell`` (the book then leaves them out; they still ran) and save it.
+    Returns how many cells were tagged."""
+    nb = load(path)
+    tagged = 0
+    for cell in nb.cells:
+        tags = (cell.get("metadata") or {}).get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+            tagged += 1
+    if tagged:
+        nbformat.write(nb, Path(path))
+    return tagged
+
+
+if __name__ == "__main__":  # python tests/notebook_checks.py [--hide-injected] notebooks/*.ipynb
     import sys
 
+    args = sys.argv[1:]
+    if "--hide-injected" in args:
+        args.remove("--hide-injected")
+        for path in args:
+            print(f"{path}: tagged {hide_injected_parameters(path)} injected-parameters cell(s) remove-cell")
     failed = False
-    for path in sys.argv[1:]:
+    for path in args:
         found = check_notebook(path)
         failed = failed or bool(found)
         print(f"{path}: {'ok' if not found else f'{len(found)} problem(s)'}")

@@ -82,6 +82,46 @@ def test_every_prose_page_is_in_the_toc():
     assert pages <= listed, f"pages not in _toc.yml (they would be silently left out): {sorted(pages - listed)}"
 
 
+def test_math_is_served_from_the_book_not_a_cdn():
+    config = _config()
+    assert "sphinx-mathjax-offline" in config["sphinx"]["extra_extensions"]
+    assert "mathjax_path" not in config["sphinx"]["config"], "sphinx-mathjax-offline sets the path"
+    requirements = (REPO / "requirements.txt").read_text(encoding="utf-8")
+    assert re.search(r"^sphinx-mathjax-offline\b", requirements, re.MULTILINE)
+    vendored = [p for p in REPO.rglob("*.js") if not {"_build", ".venv", ".venv-ci", "venv", ".git"}
+                & set(p.relative_to(REPO).parts)]
+    assert not vendored, f"no third-party JavaScript in the repository: {vendored}"
+
+
+def test_citations_and_reference_list_share_one_style():
+    sphinx = _config()["sphinx"]
+    assert sphinx["config"]["bibtex_reference_style"] == "cookbook"
+    assert sphinx["config"]["bibtex_default_style"] == "cookbook"
+    assert "author_year_citations" in sphinx["local_extensions"]
+
+
+def test_navigation_does_not_repeat_a_page_title():
+    toc = yaml.safe_load((REPO / "_toc.yml").read_text(encoding="utf-8"))
+    for part in toc["parts"]:
+        for chapter in part["chapters"]:
+            page = REPO / f"{chapter['file']}.md"
+            if page.exists():
+                title = re.search(r"^# (.+)$", page.read_text(encoding="utf-8"), re.MULTILINE).group(1)
+                assert title.strip() != part["caption"], f"part {part['caption']!r} repeats its page's title"
+
+
+def test_code_blocks_on_prose_pages_fit_the_column():
+    long = []
+    for page in sorted((REPO / "book").glob("*.md")):
+        inside = False
+        for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+            if line.lstrip().startswith("```"):
+                inside = not inside
+            elif inside and len(line) > 88:
+                long.append(f"{page.name}:{number} ({len(line)} characters)")
+    assert not long, f"code lines longer than 88 characters: {long}"
+
+
 def test_bibliography_is_rendered_once():
     directives = [p.name for p in (REPO / "book").glob("*.md") if "{bibliography}" in p.read_text(encoding="utf-8")]
     assert directives == ["references.md"]
@@ -117,6 +157,22 @@ def test_book_builds_without_warnings(tmp_path):
 
     evaluating = (out / "book" / "evaluating_without_labels.html").read_text(encoding="utf-8")
     assert "\\operatorname{RankMe}" in evaluating and "cookbook.metrics.alpha_req" in evaluating
+
+    # Math offline: MathJax is in the site, and no page loads a script from elsewhere.
+    assert (out / "_static" / "mathjax" / "tex-chtml.js").is_file()
+    assert '_static/mathjax/tex-chtml.js"' in evaluating
+    for page in out.rglob("*.html"):
+        remote = re.findall(r'<script[^>]+src="(https?:[^"]+)"', page.read_text(encoding="utf-8"))
+        assert not remote, f"{page.relative_to(out)} loads scripts from the network: {remote}"
+
+    # Citations and the reference list: the same author-year labels.
+    labels = re.findall(r'<span class="label"><span class="fn-bracket">\[</span>(.*?)<',
+                        (out / "book" / "references.html").read_text(encoding="utf-8"))
+    assert labels and all(re.fullmatch(r".+, \d{4}[a-z]?", label) for label in labels), labels[:5]
+    assert {"Chen et al., 2020a", "Chen et al., 2020b", "Roy and Vetterli, 2007"} <= set(labels)
+    intro_text = re.sub(r"\[ | (?=[\];])", lambda m: m.group(0).strip(), _text(out / "book" / "intro.html"))
+    for cited in ("[Chen et al., 2020a]", "[Chen et al., 2020b; He et al., 2020]", "Balestriero et al. [2023]"):
+        assert cited in intro_text, f"{cited!r} not in the introduction"
 
     for notebook in sorted((REPO / "notebooks").glob("*.ipynb")):
         if f"notebooks/{notebook.stem}" in _toc_files():

@@ -3,7 +3,9 @@
 (a) Unit tests of every check in ``tests/notebook_checks.py`` on small synthetic
     notebooks: a good one passes, each kind of bad one is caught.
 (b) Every committed ``notebooks/*.ipynb`` passes every check. With no notebook
-    committed yet, (b) has nothing to run.
+    committed yet, (b) has nothing to run. A notebook named in
+    :data:`PRESENTATION_EXEMPT` skips the presentation checks until the change
+    that rebuilds it removes its name.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ import notebook_checks as checks  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
+#: Chapters not yet held to the presentation standard (checks.PRESENTATION_CHECKS), by name.
+#: Chapter 01 is being rebuilt under its own issue; that change deletes this entry.
+PRESENTATION_EXEMPT = {"01_deep_metric_learning.ipynb"}
+
 CARD = """=== run card: 99_example ===
 budget: {budget}
 device: cpu (2 threads)
@@ -40,28 +46,40 @@ def stdout(text: str):
 
 
 def good_notebook(budget: str = "cpu") -> nbformat.NotebookNode:
-    """A minimal chapter that follows every convention."""
+    """A minimal chapter that follows every convention and the presentation standard."""
+    setup = new_code_cell("import importlib.util", execution_count=1)
+    setup.metadata["tags"] = ["remove-cell"]
     params = new_code_cell('BUDGET = "auto"  # "smoke", "cpu", "gpu" or "auto"\nSEED = 0', execution_count=2)
-    params.metadata["tags"] = ["parameters"]
+    params.metadata["tags"] = ["parameters", "hide-cell"]
+    card = new_code_cell("card = RunCard(...).start()", execution_count=3,
+                         outputs=[stdout(CARD.format(budget=budget))])
+    card.metadata["tags"] = ["hide-input"]
+    figure = new_code_cell("plots.plot_study(runs)", execution_count=5, outputs=[
+        new_output("display_data", data={"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"})])
+    figure.metadata["mystnb"] = {"figure": {"name": "fig-study", "caption": "kNN accuracy and RankMe."}}
     cells = [
         new_markdown_cell("# 99 · Example\n\nCovers nothing. Cost: 0 GPU minutes, 0 CPU minutes."),
-        new_code_cell("import importlib.util", execution_count=1),
+        setup,
         params,
-        new_code_cell("card = RunCard(...).start()", execution_count=3, outputs=[stdout(CARD.format(budget=budget))]),
-        new_code_cell("", execution_count=None),  # empty cells are never executed: allowed
+        card,
+        new_markdown_cell("## 1 · A section\n\nThe table below and {numref}`fig-study`."),
         new_code_cell(
             "df",
             execution_count=4,
             outputs=[
                 new_output(
                     "execute_result",
-                    data={"text/plain": "   method  knn\n0  simclr  0.5", "text/html": "<table></table>"},
+                    data={"text/plain": "   method  knn\n0  simclr  0.5",
+                          "text/html": "<table><thead><tr><th>setting</th><th>kNN (%)</th></tr></thead>"
+                                       "<tbody><tr><th>0.1</th><td>50.0</td></tr></tbody></table>"},
                     execution_count=4,
                 )
             ],
         ),
-        new_markdown_cell("What it means."),
-        new_code_cell("card.finish()", execution_count=5, outputs=[stdout(FINAL.format(budget=budget))]),
+        figure,
+        new_code_cell("card.finish()", execution_count=6, outputs=[stdout(FINAL.format(budget=budget))]),
+        new_code_cell("", execution_count=None),  # empty cells are never executed: allowed
+        new_markdown_cell("What it means: kNN reaches {glue:text}`knn:.1f` %."),
     ]
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -101,6 +119,20 @@ def test_every_check_is_run():
         "check_no_widget_state",
         "check_parameters_cell",
     }
+    assert {c.__name__ for c in checks.PRESENTATION_CHECKS} == {
+        "check_code_line_length",
+        "check_setup_cells_hidden",
+        "check_figures_captioned",
+        "check_long_outputs_collapsed",
+        "check_tables",
+        "check_prose_numbers_glued",
+    }
+
+
+def test_presentation_checks_can_be_left_out():
+    nb = good_notebook()
+    nb.cells[5].source = "x = " + "1 + " * 30 + "1"
+    assert checks.check_notebook(nb) and checks.check_notebook(nb, presentation=False) == []
 
 
 # execution order
@@ -119,7 +151,7 @@ def test_out_of_order_execution_is_caught():
 def test_rerun_cell_is_caught():
     nb = good_notebook()
     nb.cells[7].execution_count = 9  # a gap: something was run twice
-    assert "expected 5" in only(checks.check_execution_order, nb)
+    assert "expected 6" in only(checks.check_execution_order, nb)
 
 
 def test_not_starting_at_one_is_caught():
@@ -320,7 +352,7 @@ def test_parameters_markdown_cell_is_caught():
 def test_papermill_injected_cell_is_not_a_second_parameters_cell():
     nb = good_notebook()
     injected = new_code_cell('# Parameters\nBUDGET = "cpu"\n', execution_count=3)
-    injected.metadata["tags"] = ["injected-parameters"]
+    injected.metadata["tags"] = ["injected-parameters", "remove-cell"]
     nb.cells.insert(3, injected)
     count = 1
     for cell in nb.cells:
@@ -337,11 +369,148 @@ def test_parameters_cell_forms_accepted(source):
     assert checks.check_parameters_cell(nb) == []
 
 
+# presentation: code line length
+def test_code_line_of_89_characters_is_caught():
+    nb = good_notebook()
+    nb.cells[5].source = "df\n" + "x = " + "a" * 85
+    assert len(nb.cells[5].source.splitlines()[1]) == 89
+    text = only(checks.check_code_line_length, nb)
+    assert "cell 5, line 2: 89 characters" in text
+
+
+def test_code_line_of_88_characters_passes():
+    nb = good_notebook()
+    nb.cells[5].source = "x = " + "a" * 84
+    assert checks.check_code_line_length(nb) == []
+
+
+# presentation: set-up cells hidden
+def test_visible_setup_cell_is_caught():
+    nb = good_notebook()
+    nb.cells[1].metadata["tags"] = []
+    assert "cell 1 ('import importlib.util')" in only(checks.check_setup_cells_hidden, nb)
+
+
+def test_visible_injected_parameters_cell_is_caught():
+    nb = good_notebook()
+    injected = new_code_cell('# Parameters\nBUDGET = "cpu"\n', execution_count=3)
+    injected.metadata["tags"] = ["injected-parameters"]
+    nb.cells.insert(3, injected)
+    assert "remove-cell" in only(checks.check_setup_cells_hidden, nb)
+    injected.metadata["tags"].append("remove-cell")
+    assert checks.check_setup_cells_hidden(nb) == []
+
+
+def test_hide_injected_parameters_tags_the_cell(tmp_path):
+    nb = good_notebook()
+    injected = new_code_cell('# Parameters\nBUDGET = "cpu"\n', execution_count=None)
+    injected.metadata["tags"] = ["injected-parameters"]
+    nb.cells.insert(3, injected)
+    path = tmp_path / "99_example.ipynb"
+    nbformat.write(nb, path)
+    assert checks.hide_injected_parameters(path) == 1
+    assert checks.hide_injected_parameters(path) == 0  # already tagged
+    assert checks.check_setup_cells_hidden(nbformat.read(path, as_version=4)) == []
+
+
+def test_cells_after_the_first_section_may_show_code():
+    nb = good_notebook()
+    assert "tags" not in nb.cells[5].metadata
+    assert checks.check_setup_cells_hidden(nb) == []
+
+
+# presentation: figures numbered, captioned, referred to
+def test_figure_without_caption_is_caught():
+    nb = good_notebook()
+    del nb.cells[6].metadata["mystnb"]
+    assert "without a number or caption" in only(checks.check_figures_captioned, nb)
+    nb.cells[6].metadata["mystnb"] = {"figure": {"name": "fig-study"}}
+    assert "without a number or caption" in only(checks.check_figures_captioned, nb)
+
+
+def test_figure_never_referred_to_is_caught():
+    nb = good_notebook()
+    nb.cells[4].source = "## 1 · A section\n\nThe figure below."
+    assert "{numref}`fig-study`" in only(checks.check_figures_captioned, nb)
+    nb.cells[4].source = "## 1 · A section\n\nAs [the figure](#fig-study) shows."
+    assert checks.check_figures_captioned(nb) == []
+
+
+def test_removed_figure_needs_no_caption():
+    nb = good_notebook()
+    del nb.cells[6].metadata["mystnb"]
+    nb.cells[6].metadata["tags"] = ["remove-output"]
+    assert checks.check_figures_captioned(nb) == []
+
+
+# presentation: training logs
+def test_long_visible_log_is_caught():
+    nb = good_notebook()
+    log = "".join(f"epoch {e:3d}  loss 4.2\n" for e in range(1, 21))
+    nb.cells[5].outputs.insert(0, stdout(log))
+    assert "prints 20 lines" in only(checks.check_long_outputs_collapsed, nb)
+    nb.cells[5].metadata["tags"] = ["hide-output"]
+    assert checks.check_long_outputs_collapsed(nb) == []
+
+
+def test_one_line_per_run_passes():
+    nb = good_notebook()
+    nb.cells[5].outputs.insert(0, stdout("".join(f"run {i}: kNN 0.4\n" for i in range(6))))
+    assert checks.check_long_outputs_collapsed(nb) == []
+
+
+# presentation: tables
+def test_empty_index_name_row_is_caught():
+    nb = good_notebook()
+    nb.cells[5].outputs[0].data["text/html"] = (
+        '<table class="dataframe"><thead><tr><th></th><th>kNN (%)</th><th>RankMe</th></tr>'
+        "<tr><th>setting</th><th></th><th></th></tr></thead><tbody></tbody></table>")
+    assert "rename_axis" in only(checks.check_tables, nb)
+
+
+def test_long_table_header_is_caught():
+    nb = good_notebook()
+    nb.cells[5].outputs[0].data["text/html"] = (
+        "<table><thead><tr><th>setting</th><th>linear test, projector output (%)</th></tr></thead></table>")
+    assert "33 characters" in only(checks.check_tables, nb)
+
+
+def test_pandas_table_with_index_name_in_the_corner_passes():
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"kNN (%)": [40.1, 42.0]}, index=pd.Index([0.1, 0.5], name="τ"))
+    nb = good_notebook()
+    nb.cells[5].outputs[0].data["text/html"] = frame.to_html()
+    assert "rename_axis" in only(checks.check_tables, nb)
+    nb.cells[5].outputs[0].data["text/html"] = frame.rename_axis(index=None, columns="τ").to_html()
+    assert checks.check_tables(nb) == []
+
+
+# presentation: numbers in prose
+@pytest.mark.parametrize("typed", ["reaches 43.2 % kNN accuracy", "gains 5 percentage points",
+                                   "is 12% better"])
+def test_typed_percentage_is_caught(typed):
+    nb = good_notebook()
+    nb.cells[9].source = f"What it means: SimCLR {typed}."
+    assert "glue" in only(checks.check_prose_numbers_glued, nb)
+
+
+def test_percentages_in_code_math_and_glue_are_allowed():
+    nb = good_notebook()
+    nb.cells[9].source = ("Use `--set crop=0.5` (`50%` crops) in code, $p = 10\\%$ in math, "
+                          "and {glue:text}`knn:.1f` % from the run.")
+    assert checks.check_prose_numbers_glued(nb) == []
+
+
 # ------------------------------------------------------------------ (b) the committed notebooks
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_committed_notebook(path):
-    problems = checks.check_notebook(path)
+    problems = checks.check_notebook(path, presentation=path.name not in PRESENTATION_EXEMPT)
     assert not problems, f"{path.name}:\n  - " + "\n  - ".join(problems)
+
+
+def test_presentation_exemptions_name_existing_notebooks():
+    names = {p.name for p in NOTEBOOKS}
+    assert PRESENTATION_EXEMPT <= names, f"exempt but not in notebooks/: {PRESENTATION_EXEMPT - names}"
 
 
 def test_committed_notebooks_are_named_nn_topic():

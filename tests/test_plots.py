@@ -1,4 +1,6 @@
-"""Each figure draws what it claims, on the Agg backend."""
+"""Each figure draws what it claims, on the Agg backend, in the house style:
+readable at the book's column width, legends off the data, two panels instead
+of twin axes, one colour per method."""
 
 from types import SimpleNamespace
 
@@ -72,7 +74,7 @@ def test_metric_vs_accuracy_scatter_with_spearman_rho():
     ax = plots.plot_metric_vs_accuracy([10, 20, 30, 40, 50], [55.0, 60.0, 58.0, 70.0, 80.0], labels=list("abcde"))
     assert len(ax.collections) == 1 and len(ax.collections[0].get_offsets()) == 5
     assert len(ax.texts) == 5 and ax.texts[0].get_text() == "a"
-    assert "Spearman ρ = 0.90" in ax.get_title() and "n = 5" in ax.get_title()
+    assert "Spearman ρ = 0.90" in ax.get_title() and "n = 5 models" in ax.get_title()
     assert ax.get_xlabel() == "RankMe" and ax.get_ylabel() == "kNN accuracy (%)"
     reversed_ = plots.plot_metric_vs_accuracy(np.array([1.0, 2.0, 3.0]), torch.tensor([0.9, 0.8, 0.1]),
                                               metric_name="α", accuracy_name="linear accuracy")
@@ -82,21 +84,182 @@ def test_metric_vs_accuracy_scatter_with_spearman_rho():
         plots.plot_metric_vs_accuracy([1.0, 2.0, 3.0], [1.0, 2.0])
 
 
-def test_plot_study_numeric_and_categorical_settings():
-    def run(setting, knn, linear, rankme):
-        return SimpleNamespace(setting=setting, metrics={"knn_test": knn, "linear_test": linear, "rankme": rankme})
+def _run(setting, knn, linear, rankme, method="simclr"):
+    return SimpleNamespace(setting=setting, method=SimpleNamespace(name=method),
+                           metrics={"knn_test": knn, "linear_test": linear, "rankme": rankme})
 
-    runs = [run(0.1, 0.2, 0.3, 10.0), run(0.5, 0.4, 0.5, 20.0), run(1.0, 0.3, 0.35, 15.0)]
+
+def test_plot_study_numeric_and_categorical_settings():
+    runs = [_run(0.1, 0.2, 0.3, 10.0), _run(0.5, 0.4, 0.5, 20.0), _run(1.0, 0.3, 0.35, 15.0)]
     ax = plots.plot_study(runs, xlabel="temperature", log_x=True, title="t")
-    assert ax.get_xscale() == "log" and ax.get_xlabel() == "temperature" and ax.get_title() == "t"
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "temperature"
+    assert ax.figure.get_suptitle() == "t"
     knn, linear = ax.get_lines()
     np.testing.assert_allclose(knn.get_ydata(), [20, 40, 30])
     np.testing.assert_allclose(linear.get_xdata(), [0.1, 0.5, 1.0])
-    (rank_line,) = ax.figure.axes[1].get_lines()
+    rank_ax = ax.figure.axes[1]
+    (rank_line,) = rank_ax.get_lines()
     np.testing.assert_allclose(rank_line.get_ydata(), [10, 20, 15])
-    assert len(ax.get_legend().get_texts()) == 3
+    assert rank_ax.get_xscale() == "log" and "RankMe" in rank_ax.get_ylabel()
+    (legend,) = ax.figure.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["kNN (test)", "linear probe (test)"]
+    assert knn.get_color() == linear.get_color() == rank_line.get_color() == plots.COLORS["simclr"]
 
-    labelled = [run("none", 0.2, 0.3, 5.0), run("linear", 0.3, 0.4, 6.0)]
+    labelled = [_run("none", 0.2, 0.3, 5.0), _run("linear", 0.3, 0.4, 6.0)]
     ax = plots.plot_study(labelled, accuracies=("linear_test",))
     assert [t.get_text() for t in ax.get_xticklabels()] == ["none", "linear"]
     np.testing.assert_allclose(ax.get_lines()[0].get_xdata(), [0, 1])
+
+
+def test_plot_study_uses_two_panels_not_twin_axes():
+    ax = plots.plot_study([_run(1, 0.2, 0.3, 10.0), _run(2, 0.4, 0.5, 20.0)])
+    fig = ax.figure
+    fig.canvas.draw()
+    assert len(fig.axes) == 2
+    left, right = (a.get_position() for a in fig.axes)
+    assert left.x1 <= right.x0, "the RankMe panel must sit beside the accuracy panel, not on top of it"
+    assert not ax.get_shared_x_axes().joined(ax, fig.axes[1])
+
+
+def test_plot_study_draws_reference_lines_and_accepts_a_pair_of_axes():
+    fig, (acc, rank) = plots.figure(ncols=2)
+    runs = [_run(1, 0.2, 0.3, 10.0), _run(2, 0.4, 0.5, 20.0)]
+    assert plots.plot_study(runs, ax=(acc, rank), references={"chance": 10, "raw_pixels": 25.0}) is acc
+    assert len(acc.get_lines()) == 4 and len(rank.get_lines()) == 1
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "chance (10.0)" in labels and "raw pixels (25.0)" in labels
+    _, single = plots.figure()
+    with pytest.raises(ValueError, match="two panels"):
+        plots.plot_study(runs, ax=single)
+    with pytest.raises(ValueError, match="at least one run"):
+        plots.plot_study([])
+
+
+# ------------------------------------------------------------------ the house style
+def test_style_sets_size_resolution_and_text():
+    before = dict(matplotlib.rcParams)
+    with plots.style():
+        fig = plt.figure()
+        assert fig.dpi >= 150 and fig.get_figwidth() == pytest.approx(plots.FIGURE_WIDTH)
+        for key in ("font.size", "axes.labelsize", "xtick.labelsize", "ytick.labelsize", "legend.fontsize",
+                    "axes.titlesize"):
+            assert matplotlib.rcParams[key] >= plots.MIN_TEXT_PT, key
+        assert matplotlib.rcParams["savefig.dpi"] >= 150
+    assert dict(matplotlib.rcParams) == before, "style() must leave matplotlib's defaults as they were"
+
+
+def test_display_scale():
+    fig, _ = plots.figure()
+    assert plots.display_scale(fig) == pytest.approx(plots.COLUMN_PX / (plots.FIGURE_WIDTH * 96))
+    small = plt.figure(figsize=(3, 2), dpi=150)  # 450 px: shown at its size, 1.5625 times its size in inches
+    assert plots.display_scale(small) == pytest.approx(450 / 288)
+    wide = plt.figure(figsize=(15, 4), dpi=100)  # the old chapter figure, shrunk to the column
+    assert plots.display_scale(wide) == pytest.approx(plots.COLUMN_PX / 1440)
+
+
+def _figures():
+    """One figure of every plotting function, made as a chapter makes it."""
+    Z = power_law_features(d=64)
+    runs = [_run(0.1, 0.2, 0.3, 10.0), _run(0.5, 0.4, 0.5, 20.0), _run(1.0, 0.3, 0.35, 15.0)]
+    yield "eigenspectrum", plots.plot_eigenspectrum(Z, label="SimCLR").figure
+    yield "singular values", plots.plot_singular_values({"none": Z[:, :8], "linear, 128": Z}).figure
+    yield "metric vs accuracy", plots.plot_metric_vs_accuracy(
+        [1, 2, 3, 4], [10, 30, 20, 40], labels=list("abcd"), groups=["a", "a", "b", "b"]).figure
+    yield "study", plots.plot_study(runs, log_x=True, title="SimCLR: temperature",
+                                    references={"chance": 10, "supervised": 60}).figure
+    fig, axes = plots.figure(ncols=3, sharey=True)
+    for ax in axes:
+        plots.plot_metric_vs_accuracy([1, 2, 3, 4], [10, 30, 20, 25], metric_name="RankMe (embedding)", ax=ax,
+                                      groups=["temperature", "temperature", "projector", "projector"]
+                                      if ax is axes[-1] else None)
+    yield "three panels", fig
+    fig, axes = plots.figure(ncols=2)
+    for ax in axes:
+        plots.plot_singular_values({"none": Z[:, :8], "2-layer, 128": Z}, ax=ax)
+    yield "two spectra", fig
+
+
+def _texts(fig):
+    return [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()]
+
+
+@pytest.mark.parametrize("name", ["eigenspectrum", "singular values", "metric vs accuracy", "study",
+                                  "three panels", "two spectra"])
+def test_figures_are_readable_in_the_column(name):
+    fig = dict(_figures())[name]
+    fig.canvas.draw()
+    assert fig.dpi >= 150
+    assert fig.get_figwidth() * 96 <= plots.COLUMN_PX, "wider than the content column: its text would shrink"
+    scale = plots.display_scale(fig)
+    small = [(t.get_text(), t.get_fontsize()) for t in _texts(fig)
+             if t.get_fontsize() * scale < plots.MIN_TEXT_PT]
+    assert not small, f"text below {plots.MIN_TEXT_PT} pt in the book: {small}"
+
+
+@pytest.mark.parametrize("name", ["eigenspectrum", "singular values", "metric vs accuracy", "study",
+                                  "three panels", "two spectra"])
+def test_legends_do_not_cover_data_or_labels(name):
+    fig = dict(_figures())[name]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert legends, "every figure here has a legend"
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        for ax in fig.axes:
+            assert not box.overlaps(ax.get_window_extent(renderer)), f"a legend covers the data of {ax}"
+            for text in (ax.xaxis.label, ax.title):
+                if text.get_text():
+                    assert not box.overlaps(text.get_window_extent(renderer)), f"a legend covers {text}"
+
+
+def test_panels_do_not_overlap():
+    for name, fig in _figures():
+        fig.canvas.draw()
+        boxes = [ax.get_window_extent() for ax in fig.axes]
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                assert not a.overlaps(b), f"{name}: two panels overlap (twin axes?)"
+
+
+def test_method_colours_are_fixed_and_distinct():
+    methods = ["simclr", "moco", "nnclr", "dcl", "byol", "simsiam", "dino", "vicreg", "barlowtwins", "swav",
+               "wmse", "mae", "simmim", "supervised"]
+    assert set(methods) <= set(plots.COLORS)
+    assert len({plots.COLORS[m] for m in methods}) == len(methods)
+    assert plots.color("MoCo v2") == plots.COLORS["moco"] == plots.color("moco")
+    assert plots.color("Barlow Twins") == plots.color("barlow_twins") == plots.COLORS["barlowtwins"]
+    assert not set(plots.STUDY_PALETTE) & set(plots.COLORS.values())
+
+
+def test_study_colours_are_stable_and_distinct_within_a_figure():
+    names = ["augmentations", "temperature", "batch (SimCLR)", "projector", "SimCLR"]
+    first = plots.study_colors(names)
+    assert first == plots.study_colors(names)
+    assert first["SimCLR"] == plots.COLORS["simclr"]
+    assert len(set(first.values())) == len(names)
+    assert plots.color("temperature") == plots.color("temperature")
+    many = plots.study_colors([f"study {i}" for i in range(len(plots.STUDY_PALETTE))])
+    assert len(set(many.values())) == len(plots.STUDY_PALETTE)
+
+
+def test_reference_lines():
+    _, ax = plots.figure()
+    ax.plot([0, 1], [30, 40])
+    lines = plots.reference_lines(ax, chance=10, raw_pixels=25.5, untrained=18.0, supervised=75.0)
+    assert [line.get_ydata()[0] for line in lines] == [10, 25.5, 18.0, 75.0]
+    assert [line.get_label() for line in lines] == ["chance (10.0)", "raw pixels (25.5)",
+                                                    "untrained network (18.0)", "supervised (75.0)"]
+    assert ax.get_ylim()[0] <= 10 and ax.get_ylim()[1] >= 75
+    assert plots.reference_lines(ax) == []
+    for bad in (float("nan"), "10", True):
+        with pytest.raises(ValueError, match="chance"):
+            plots.reference_lines(ax, chance=bad)
+
+
+def test_legend_outside_rejects_unknown_places():
+    _, ax = plots.figure()
+    ax.plot([0, 1], label="a")
+    with pytest.raises(ValueError, match="where"):
+        plots.legend_outside(ax, where="inside")
+    assert plots.legend_outside(plots.figure()[1]) is None  # nothing labelled
