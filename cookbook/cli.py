@@ -1,9 +1,11 @@
 """``python -m cookbook``: train a method and measure it, from the shell.
 
-    python -m cookbook train --method simclr --dataset shapes --epochs 5 --out runs/demo
+    python -m cookbook train --method simclr --out runs/demo
 
-trains, evaluates with kNN on the test split (beside the same kNN on raw pixels,
-the baseline to beat), writes ``OUT/metrics.json`` and
+trains with the method's CPU testbed recipe (``cookbook.recipes``: ``shapes``
+at 16 px, ResNet-10 width 16, a fixed number of steps; every option below
+overrides it), evaluates with kNN on the test split (beside the same kNN on
+raw pixels, the baseline to beat), writes ``OUT/metrics.json`` and
 ``OUT/checkpoint.pt``, and prints a one-screen summary.
 """
 
@@ -18,12 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-# Defaults that keep a bare `train --method simclr` under 2 minutes on 2 CPU cores.
-CPU_DEFAULTS = {"width": 8, "subset": 4000, "test_subset": 1000}
-GPU_DEFAULTS = {"width": 64, "subset": None, "test_subset": None}
-
-
-KNN_K = 200  # neighbours of the summary's kNN; fewer when the train split is smaller
+RECIPE = "(default: the method's testbed recipe)"
+KNN_K = 20  # neighbours of the summary's kNN (cookbook.evaluate.knn_accuracy's default)
 MIN_IMAGE_SIZE = 8  # below this the crops and the ResNet's downsampling leave next to nothing
 
 
@@ -134,27 +132,28 @@ def parser() -> argparse.ArgumentParser:
                               "prints 'error: ...' and exits with code 2.")
     t.add_argument("--method", required=True, choices=sorted(METHODS), help="SSL method")
     t.add_argument("--dataset", default="shapes", help="shapes, cifar10, or folder:PATH (a folder or .tar[.gz|.xz])")
-    t.add_argument("--epochs", type=int, default=5, help="passes over the train split (>= 1)")
+    t.add_argument("--steps", type=int, default=None,
+                   help=f"optimiser steps in all (>= 1) {RECIPE}")
+    t.add_argument("--epochs", type=int, default=None,
+                   help="passes over the train split (>= 1), instead of --steps")
     t.add_argument("--out", default="runs/demo",
                    help="folder for metrics.json and checkpoint.pt (created; must be writable)")
-    t.add_argument("--backbone", default="resnet18", choices=BACKBONES, help="encoder")
+    t.add_argument("--backbone", default=None, choices=BACKBONES, help=f"encoder {RECIPE}")
     t.add_argument("--width", type=int, default=None,
-                   help=f"ResNet width, channels of the first stage (default {CPU_DEFAULTS['width']} "
-                        f"on CPU, {GPU_DEFAULTS['width']} on CUDA)")
-    t.add_argument("--batch-size", type=int, default=256, help="images per step (>= 2)")
-    t.add_argument("--optimizer", default="sgd", choices=sorted(BASE_LR), help="optimiser")
+                   help=f"ResNet width, channels of the first stage {RECIPE}")
+    t.add_argument("--batch-size", type=int, default=None, help=f"images per step, >= 2 {RECIPE}")
+    t.add_argument("--optimizer", default=None, choices=sorted(BASE_LR), help=f"optimiser {RECIPE}")
     t.add_argument("--lr", type=float, default=None,
-                   help="base learning rate per 256 images, > 0 (default per optimiser)")
+                   help=f"base learning rate per 256 images, > 0 {RECIPE}")
     t.add_argument("--lr-rule", default="linear", choices=LR_RULES, help="batch-size learning-rate rule")
     t.add_argument("--weight-decay", type=float, default=None,
-                   help="weight decay, >= 0 (default per optimiser)")
+                   help=f"weight decay, >= 0 {RECIPE}")
     t.add_argument("--subset", type=int, default=None,
-                   help=f"train images, stratified (default {CPU_DEFAULTS['subset']} on CPU, all on CUDA)")
+                   help="train images, stratified (default: all)")
     t.add_argument("--test-subset", type=int, default=None,
-                   help=f"test images, stratified (default {CPU_DEFAULTS['test_subset']} on CPU, all on CUDA)")
+                   help="test images, stratified (default: all)")
     t.add_argument("--image-size", type=int, default=None,
-                   help=f"resize images to this side, pixels (>= {MIN_IMAGE_SIZE}; "
-                        "default: native)")
+                   help=f"resize images to this side, pixels (>= {MIN_IMAGE_SIZE}) {RECIPE}")
     t.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     t.add_argument("--seed", type=int, default=0,
                    help="seed for data, model and augmentation (0 to 2**32 - 1)")
@@ -187,16 +186,35 @@ def _float_option(args, name: str, minimum: float, strict: bool) -> None:
         raise UsageError(f"{name} must be a finite number {relation} {minimum}, got {value}")
 
 
+def settings(args) -> dict:
+    """The run's settings: each option given on the command line, else the
+    method's testbed recipe (:mod:`cookbook.recipes`). ``options`` are the
+    recipe's method options updated by ``--set``; ``steps`` is None when
+    ``--epochs`` is given."""
+    from cookbook import recipes
+
+    r = recipes.recipe(args.method)
+    if args.steps is not None and args.epochs is not None:
+        raise UsageError(f"--steps {args.steps} and --epochs {args.epochs}: give one run length, not both")
+    chosen = {name: getattr(args, name) if getattr(args, name) is not None else getattr(r, name)
+              for name in ("backbone", "width", "batch_size", "optimizer", "lr", "weight_decay", "image_size")}
+    steps = None if args.epochs is not None else (args.steps if args.steps is not None else r.steps)
+    vit = r.vit or recipes.VIT_OPTIONS
+    return {**chosen, "recipe": r, "steps": steps, "epochs": args.epochs,
+            "vit": vit if chosen["backbone"] == "vit_tiny" else {}, "options": {**r.options, **_options(args.set)}}
+
+
 def validate(args) -> dict:
     """Checks every option of ``train`` before any work starts: ranges, the
     dataset name, the method's ``--set`` options, the output folder (created and
     proved writable) and, with ``--resume``, the checkpoint file and the settings
-    it records. Returns the parsed ``--set`` options; raises UsageError."""
+    it records. Returns the run's :func:`settings`; raises UsageError."""
     from cookbook import data
     from cookbook.train import (BASE_LR, MAX_SEED, WEIGHT_DECAY, check_output_folder,
                                 load_checkpoint, resolve_device, resume_conflicts)
 
     _int_option(args, "--epochs", 1)
+    _int_option(args, "--steps", 1)
     _int_option(args, "--batch-size", 2, what=" (the losses compare the images of a batch)")
     _int_option(args, "--width", 1, what=" (channels)")
     _int_option(args, "--subset", 1, what=" (images)")
@@ -207,12 +225,13 @@ def validate(args) -> dict:
     _int_option(args, "--checkpoint-every", 0, what=" (0 = at the end only)")
     _float_option(args, "--lr", 0, strict=True)
     _float_option(args, "--weight-decay", 0, strict=False)
-    if args.backbone != "resnet18" and args.width is not None:
-        raise UsageError(f"--width sets the ResNet's width; {args.backbone} has a fixed width, "
-                         f"leave --width out")
-    if args.backbone == "vit_tiny" and args.image_size is not None and args.image_size % 4:
-        raise UsageError(f"--image-size {args.image_size}: vit_tiny cuts 4x4 patches, so pass a "
-                         f"multiple of 4")
+    run = settings(args)
+    if run["backbone"] == "vit_tiny" and args.width is not None:
+        raise UsageError("--width sets a ResNet's width; vit_tiny has a fixed width, leave --width out")
+    patch = run["vit"].get("patch_size", 4)
+    if run["backbone"] == "vit_tiny" and run["image_size"] % patch:
+        raise UsageError(f"--image-size {run['image_size']}: vit_tiny cuts {patch}x{patch} patches, so "
+                         f"pass a multiple of {patch}")
     try:
         device = resolve_device(args.device)
     except ValueError as e:
@@ -227,14 +246,13 @@ def validate(args) -> dict:
             raise UsageError(f"--dataset {name}: no such folder or archive; pass folder:PATH with "
                              f"PATH an existing folder or .tar/.tar.gz/.tgz/.tar.xz laid out as "
                              f"train/<class>/<image> and test/<class>/<image>")
-    defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
-    subset = args.subset if args.subset is not None else defaults["subset"]
+    subset = args.subset
     train_size = subset if subset is not None or name != "shapes" else data.SHAPES_TRAIN_SIZE
-    if train_size is not None and args.batch_size > train_size:
-        raise UsageError(f"--batch-size {args.batch_size} is larger than the train split "
+    if train_size is not None and run["batch_size"] > train_size:
+        raise UsageError(f"--batch-size {run['batch_size']} is larger than the train split "
                          f"({train_size} images); pass a smaller --batch-size or a larger --subset")
 
-    opts = _options(args.set)
+    opts = run["options"]
     check_method_options(args.method, opts)
     try:
         check_output_folder(args.out)
@@ -247,12 +265,15 @@ def validate(args) -> dict:
         except (ValueError, FileNotFoundError) as e:
             raise UsageError(f"--resume: {e}") from None
         saved = ckpt["config"]
-        lr = BASE_LR[args.optimizer] if args.lr is None else args.lr
-        decay = WEIGHT_DECAY[args.optimizer] if args.weight_decay is None else args.weight_decay
-        now = {"method": args.method, "dataset": args.dataset, "epochs": args.epochs,
-               "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": lr,
-               "lr_rule": args.lr_rule, "weight_decay": decay, "seed": args.seed,
-               "device_type": device.type}
+        lr = BASE_LR[run["optimizer"]] if run["lr"] is None else run["lr"]
+        decay = WEIGHT_DECAY[run["optimizer"]] if run["weight_decay"] is None else run["weight_decay"]
+        now = {"method": args.method, "dataset": args.dataset, "batch_size": run["batch_size"],
+               "optimizer": run["optimizer"], "lr": lr, "lr_rule": args.lr_rule, "weight_decay": decay,
+               "seed": args.seed, "device_type": device.type}
+        if run["steps"] is not None:
+            now["steps"] = run["steps"]
+        else:
+            now["epochs"] = run["epochs"]
         conflicts = resume_conflicts(saved, now)
         saved_opts = saved.get("options") or {}
         conflicts += [f"method option {k} was {saved_opts[k]!r}, now {v!r}"
@@ -261,33 +282,31 @@ def validate(args) -> dict:
             raise UsageError(f"--resume {args.resume} was written by a different run: "
                              + ", ".join(conflicts) + ". Resume with the options the run was started "
                              "with (its metrics.json lists them), or start a new run without --resume")
-    return opts
+    return run
 
 
 def train(args) -> dict:
-    opts = validate(args)
+    run = validate(args)
     import torch
 
     from cookbook import data, evaluate, metrics, methods, models
     from cookbook.train import fit
 
-    cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    defaults = GPU_DEFAULTS if cuda else CPU_DEFAULTS
-    width = args.width if args.width is not None else defaults["width"]
-    subset = args.subset if args.subset is not None else defaults["subset"]
-    test_subset = args.test_subset if args.test_subset is not None else defaults["test_subset"]
+    opts = run["options"]
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    ds = data.load(args.dataset, subset=subset, test_subset=test_subset, image_size=args.image_size, seed=args.seed)
+    ds = data.load(args.dataset, subset=args.subset, test_subset=args.test_subset, image_size=run["image_size"],
+                   seed=args.seed)
     print(ds)
-    net = models.backbone(args.backbone, width=width, image_size=ds.image_size)
+    net = models.backbone(run["backbone"], width=run["width"], image_size=ds.image_size, **run["vit"])
     try:
         method = methods.build(args.method, net, **opts)
     except (TypeError, RuntimeError, IndexError) as e:  # an option value the constructor cannot use
         raise UsageError(f"{args.method} cannot be built with --set {opts}: {e}") from e
     out = Path(args.out)
-    history = fit(method, ds, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
-                  lr=args.lr, lr_rule=args.lr_rule, weight_decay=args.weight_decay, device=args.device,
+    history = fit(method, ds, epochs=run["epochs"], steps=run["steps"], batch_size=run["batch_size"],
+                  views=run["recipe"].make_views(method, ds.image_size), optimizer=run["optimizer"],
+                  lr=run["lr"], lr_rule=args.lr_rule, weight_decay=run["weight_decay"], device=args.device,
                   compile=args.compile, seed=args.seed, eval_every=args.eval_every,
                   checkpoint_every=args.checkpoint_every, out=out, resume=args.resume,
                   progress=not args.no_progress)
@@ -301,12 +320,19 @@ def train(args) -> dict:
     emb = evaluate.features(method, ds, "train", which="embedding")[:25_600]
     result = {
         "method": args.method, "dataset": ds.name, "train_size": len(ds.train_x), "test_size": len(ds.test_x),
-        "backbone": models.describe(net), "options": opts, "epochs": args.epochs,
-        "batch_size": args.batch_size, "device": history.device,
+        "image_size": ds.image_size, "backbone": models.describe(net), "options": opts,
+        "steps": history.steps, "epochs": len(history.epochs), "batch_size": run["batch_size"],
+        "optimizer": run["optimizer"], "device": history.device,
         "knn_test": float(knn), "knn_test_raw_pixels": float(knn_pixels), "knn_k": k,
         "rankme": float(metrics.rankme(emb)),
-        "wall_time_s": time.perf_counter() - t0, "history": history.to_dict(),
     }
+    if args.method == "mae":  # MIM's own evaluation: fine-tune with 10 % of the labels, against scratch
+        fine_tune = {"labelled_fraction": 0.1, "steps": 300, "batch_size": 128, "seed": args.seed}
+        result["finetune10_test"] = evaluate.fine_tune(method.backbone, ds, **fine_tune)
+        torch.manual_seed(args.seed)
+        scratch = models.backbone(run["backbone"], width=run["width"], image_size=ds.image_size, **run["vit"])
+        result["finetune10_test_scratch"] = evaluate.fine_tune(scratch.to(history.device), ds, **fine_tune)
+    result.update(wall_time_s=time.perf_counter() - t0, history=history.to_dict())
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     print(summary(result, out))
@@ -321,13 +347,16 @@ def summary(r: dict, out: Path) -> str:
         "",
         f"{r['method']} on {r['dataset']} ({r['train_size']:,} train / {r['test_size']:,} test images)",
         f"  backbone     {r['backbone']}",
-        f"  training     {r['epochs']} epochs, {h['steps']} steps of {r['batch_size']}, {h['wall_time_s']:.1f} s "
+        f"  training     {h['steps']} steps of {r['batch_size']} ({r['epochs']} epochs), "
+        f"{h['wall_time_s']:.1f} s "
         f"on {r['device']} ({h['images_per_s']:.0f} img/s, peak memory {h['peak_memory_mb']:.0f} MB)"
         + (", all sessions" if resumed else ""),
         f"  final loss   {h['epochs'][-1]['loss']:.4f}" if h["epochs"] else "  final loss   -",
         f"  kNN (test)   {100 * r['knn_test']:.1f} %   (k={r.get('knn_k', KNN_K)}, cosine, T=0.1; "
         f"raw pixels: {100 * r['knn_test_raw_pixels']:.1f} %)",
         f"  RankMe       {r['rankme']:.1f}   (embedding, train images)",
+        *([f"  fine-tune    {100 * r['finetune10_test']:.1f} %   (10 % of the labels, 300 steps; the same "
+           f"network from scratch: {100 * r['finetune10_test_scratch']:.1f} %)"] if "finetune10_test" in r else []),
         f"  total time   {r['wall_time_s']:.1f} s"
         + (f" in this session (resumed after epoch {resumed})" if resumed else ""),
         f"  wrote        {', '.join(map(str, written))}",

@@ -5,9 +5,10 @@ index slice of them, augmented on the device (``cookbook.augment``). No
 DataLoader, no per-sample Python. The loop adds: SGD, LARS (You et al., 2017)
 or AdamW; linear warm-up then cosine decay, per step (a length in epochs or in
 optimiser steps); the batch-size learning-rate rule; mixed precision chosen
-for the device (:func:`select_precision`) and channels_last on CUDA (fp32 on
-CPU); optional ``torch.compile``; atomic checkpoints and resume; a check that
-stops on a non-finite loss.
+for the device (:func:`select_precision`; fp32 on CPU); the channels_last
+memory format on every device (1.2-1.7x faster on a 2-core CPU as well);
+optional ``torch.compile``; atomic checkpoints and resume; a check that stops
+on a non-finite loss.
 """
 
 from __future__ import annotations
@@ -424,8 +425,8 @@ def fit(method, dataset, *, epochs: int | None = None, steps: int | None = None,
     dataset.to(device)
     method.to(device)
     cuda = device.type == "cuda"
+    method.to(memory_format=torch.channels_last)
     if cuda:
-        method.to(memory_format=torch.channels_last)
         torch.cuda.reset_peak_memory_stats(device)
     peak_lr = scaled_lr(base_lr, batch_size, lr_rule)
     opt = make_optimizer(method, optimizer, peak_lr, weight_decay)
@@ -465,8 +466,8 @@ def fit(method, dataset, *, epochs: int | None = None, steps: int | None = None,
         losses = []
         epoch_steps = min(steps_per_epoch, total_steps - step)
         for i in range(epoch_steps):
-            batch = [v.contiguous(memory_format=torch.channels_last) if cuda else v
-                     for v in views(x_all[perm[i * batch_size:(i + 1) * batch_size]], gen)]
+            images = x_all[perm[i * batch_size:(i + 1) * batch_size]]
+            batch = [v.contiguous(memory_format=torch.channels_last) for v in views(images, gen)]
             lr_now = lr_at(step, total_steps, warmup_steps, peak_lr)
             for group in opt.param_groups:
                 group["lr"] = peak_lr if group.get("fixed_lr") else lr_now

@@ -1,0 +1,152 @@
+"""The testbed table: every method's recipe, over seeds, beside the floors and the ceiling.
+
+    python benchmarks/testbed.py                          # shapes, 3 seeds, every representative
+    python benchmarks/testbed.py --methods simclr byol --seeds 0 1 2 --json runs/testbed.json
+    python benchmarks/testbed.py --dataset folder:../shared/data/cifar10-jpeg.tar.xz --seeds 0
+
+Each method trains with its recipe in :mod:`cookbook.recipes` (the CLI's
+defaults) and is scored on the test split with the same kNN as raw pixels
+(k = 20, cosine, T = 0.1), a linear probe (hyper-parameters chosen on a
+validation split carved from train), RankMe of the embedding and α-ReQ of
+the representation. MAE is also fine-tuned end to end with 10 % of the
+labels, against the same ViT trained from scratch on those labels for the same
+steps. The reference rows: raw pixels, the untrained network, and the
+supervised ceiling (same backbone, same steps and batch, cross-entropy on all
+labels). Prints a markdown table of mean ± sd over seeds; ``--json`` keeps
+every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import cookbook  # noqa: F401  (before torch: OpenMP wait policy)
+import torch
+
+from cookbook import data, evaluate, metrics, recipes
+from cookbook.train import fit
+
+REPRESENTATIVES = ("simclr", "byol", "simsiam", "vicreg", "mae")
+FINE_TUNE = {"labelled_fraction": 0.1, "steps": 300, "batch_size": 128}
+
+
+def score(method, ds) -> dict:
+    """kNN, linear probe, RankMe and α-ReQ of a (trained or untrained) method."""
+    train_f, test_f = evaluate.features(method, ds, "train"), evaluate.features(method, ds, "test")
+    emb = evaluate.features(method, ds, "train", which="embedding")
+    out = {"knn": evaluate.knn_accuracy(train_f, ds.train_y, test_f, ds.test_y),
+           "linear": evaluate.linear_probe(train_f, ds.train_y, test_f, ds.test_y),
+           "rankme": metrics.rankme(emb)}
+    try:
+        out["alpha"] = metrics.alpha_req(train_f).alpha
+    except ValueError:
+        out["alpha"] = float("nan")
+    return out
+
+
+def run_method(name: str, ds, seed: int, device) -> dict:
+    r = recipes.recipe(name)
+    torch.manual_seed(seed)
+    method = r.build(ds.image_size)
+    h = fit(method, ds, **r.fit_options(), views=r.make_views(method, ds.image_size), device=device, seed=seed,
+            progress=False, log=False)
+    row = {"method": name, "seed": seed, "steps": h.steps, "seconds": h.wall_time_s, **score(method, ds)}
+    if name == "mae":
+        row["finetune10"] = evaluate.fine_tune(method.backbone, ds, seed=seed, **FINE_TUNE)
+    return row
+
+
+def run_references(ds, seed: int, device, steps: int, backbones=("resnet10", "vit_tiny")) -> list[dict]:
+    rows = []
+    for backbone in backbones:
+        r = recipes.recipe("mae" if backbone == "vit_tiny" else "simclr")
+        torch.manual_seed(seed)
+        untrained = r.build(ds.image_size).to(device)
+        tag = "ViT" if backbone == "vit_tiny" else "ResNet-10"
+        rows.append({"method": f"untrained {tag}", "seed": seed, **score(untrained, ds)})
+        t0 = time.perf_counter()
+        ceiling = evaluate.fine_tune(untrained.backbone, ds, labelled_fraction=1.0, steps=steps,
+                                     batch_size=r.batch_size, seed=seed)
+        rows.append({"method": f"supervised {tag}", "seed": seed, "steps": steps,
+                     "seconds": time.perf_counter() - t0, "test_acc": ceiling})
+        if backbone == "vit_tiny":
+            rows.append({"method": "scratch ViT, 10 % labels", "seed": seed,
+                         "finetune10": evaluate.fine_tune(untrained.backbone, ds, seed=seed, **FINE_TUNE)})
+    return rows
+
+
+def mean_sd(values) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def table(rows: list[dict], raw: float) -> str:
+    cols = [("steps", "steps", "{:.0f}"), ("seconds", "seconds", "{:.0f}"), ("knn", "kNN", None),
+            ("linear", "linear", None), ("finetune10", "fine-tune 10 %", None), ("test_acc", "supervised", None),
+            ("rankme", "RankMe", "{:.1f}"), ("alpha", "α-ReQ", "{:.2f}")]
+    lines = ["| method | " + " | ".join(c[1] for c in cols) + " | kNN − raw pixels |",
+             "|---" * (len(cols) + 2) + "|",
+             f"| raw pixels | " + " | ".join("" if k != "knn" else f"{raw:.3f}" for k, _, _ in cols) + " | |"]
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    for name in names:
+        group = [r for r in rows if r["method"] == name]
+        cells = []
+        for key, _, fmt in cols:
+            vals = [r[key] for r in group if key in r]
+            if not vals:
+                cells.append("")
+            elif fmt:
+                m = statistics.mean(vals)
+                cells.append(fmt.format(m) + (f" ± {statistics.stdev(vals):.1f}" if len(vals) > 1 and
+                                              key in ("rankme",) else ""))
+            else:
+                cells.append(mean_sd(vals))
+        knns = [r["knn"] for r in group if "knn" in r]
+        gap = f"{100 * (statistics.mean(knns) - raw):+.1f} points" if knns else ""
+        lines.append(f"| {name} ({len(group)} seeds) | " + " | ".join(cells) + f" | {gap} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--methods", nargs="+", default=list(REPRESENTATIVES))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--dataset", default=recipes.TESTBED_DATASET)
+    p.add_argument("--references", action=argparse.BooleanOptionalAction, default=True,
+                   help="also the untrained network and the supervised ceiling")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", default=None, help="write every run here")
+    args = p.parse_args(argv)
+    size = recipes.recipe("simclr").image_size
+    ds = data.load(args.dataset, image_size=size, seed=0)
+    print(f"# testbed on {ds.name}: {len(ds.train_x):,} train / {len(ds.test_x):,} test images at "
+          f"{size} px; {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}", flush=True)
+    raw = evaluate.knn_accuracy(evaluate.pixels(ds, "train"), ds.train_y, evaluate.pixels(ds, "test"), ds.test_y)
+    rows = []
+    for seed in args.seeds:
+        for name in args.methods:
+            rows.append(run_method(name, ds, seed, args.device))
+            print(json.dumps(rows[-1]), flush=True)
+        if args.references:
+            steps = recipes.recipe("simclr").steps
+            for row in run_references(ds, seed, args.device, steps):
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"dataset": ds.name, "raw_pixels_knn": raw, "rows": rows}, f, indent=1)
+    print()
+    print(table(rows, raw))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""The CPU testbed: one measured recipe per method, the CLI's defaults.
+
+Every output the book commits is computed on 2 CPU cores, so each method needs
+a setting where it learns decisively in a minute or two. The testbed is that
+setting, chosen by measurement (``book/testbed.md`` tells the story and
+``benchmarks/testbed.py`` prints the table):
+
+- ``shapes`` at 16 x 16 pixels, all 10,000 train and 2,000 test images;
+- a ResNet-10 (one BasicBlock per stage) of width 16: 0.31 M parameters and a
+  128-dimensional representation (α-ReQ fits eigenvalues 4 to 100);
+- a batch of 256 and a fixed number of optimiser **steps** (not seconds: a
+  time budget changes with the machine's load, and would not reproduce);
+- crops of at least 60 % of the image and SimCLR's strong colour jitter. At
+  16 px the ImageNet-style crops of 8 % (3-4 pixels on a side) leave no shape
+  to match, and weak jitter lets the networks match views by hue, a nuisance
+  factor of ``shapes``; both were measured to stop every method learning.
+
+A :class:`Recipe` holds one method's setting; :data:`CPU` maps method names to
+them. Everything not named in a recipe takes the method's paper defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from torch import nn
+
+from cookbook import augment, methods, models
+
+TESTBED_DATASET = "shapes"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to train one method on the testbed.
+
+    ``views`` names an :mod:`cookbook.augment` preset and its overrides, or is
+    None for the method's own augmentation; ``vit`` holds the ViT's options
+    when ``backbone`` is ``vit_tiny``. ``lr`` is per 256 images (linear rule).
+    """
+
+    method: str
+    steps: int
+    lr: float
+    optimizer: str = "sgd"
+    weight_decay: float | None = None
+    batch_size: int = 256
+    backbone: str = "resnet10"
+    width: int = 16
+    image_size: int = 16
+    options: dict = field(default_factory=dict)
+    views: tuple[str, dict] | None = ("simclr", {"min_scale": 0.6})
+    vit: dict = field(default_factory=dict)
+
+    def build(self, image_size: int | None = None, **options) -> methods.Method:
+        """The method on a fresh backbone; ``options`` override the recipe's."""
+        net = models.backbone(self.backbone, width=self.width, image_size=image_size or self.image_size,
+                              **self.vit)
+        return methods.build(self.method, net, **{**self.options, **options})
+
+    def make_views(self, method: nn.Module, image_size: int | None = None) -> augment.Views:
+        size = image_size or self.image_size
+        if self.views is None:
+            return method.default_views(size)
+        preset, overrides = self.views
+        return augment.PRESETS[preset](size, **overrides)
+
+    def fit_options(self) -> dict:
+        """Keyword arguments of :func:`cookbook.train.fit` (views apart)."""
+        return {"steps": self.steps, "batch_size": self.batch_size, "optimizer": self.optimizer,
+                "lr": self.lr, "weight_decay": self.weight_decay}
+
+    def with_(self, **changes) -> "Recipe":
+        return replace(self, **changes)
+
+
+VIT_OPTIONS = {"patch_size": 2, "dim": 96, "depth": 4, "heads": 3, "pool": "mean"}
+
+CPU: dict[str, Recipe] = {
+    "simclr": Recipe("simclr", steps=600, lr=0.6, options={"temperature": 0.5}),
+    "moco": Recipe("moco", steps=600, lr=0.6),
+    "nnclr": Recipe("nnclr", steps=600, lr=0.6),
+    "dcl": Recipe("dcl", steps=600, lr=0.6),
+    "byol": Recipe("byol", steps=600, lr=0.3),
+    "simsiam": Recipe("simsiam", steps=600, lr=0.3),
+    "vicreg": Recipe("vicreg", steps=600, lr=0.3),  # SGD: LARS was no better here, and slower
+    "mae": Recipe("mae", steps=600, lr=1.5e-3, optimizer="adamw", backbone="vit_tiny", views=None, vit=VIT_OPTIONS),
+}
+
+
+def recipe(method: str) -> Recipe:
+    """The testbed recipe of ``method``; ValueError naming the known ones."""
+    try:
+        return CPU[method.lower()]
+    except KeyError:
+        raise ValueError(f"no testbed recipe for {method!r}; recipes exist for {', '.join(CPU)}") from None
