@@ -63,8 +63,6 @@ def run_setting(setting: dict, device: str) -> dict:
         out["seconds"] = time.perf_counter() - t0
         return out
     method = methods.build(s["method"], net, **s["options"])
-    if s["method"] == "untrained":
-        pass
     views = None
     if s["views"]:
         v = dict(s["views"])

@@ -94,7 +94,7 @@ def table(rows: list[dict], raw: float) -> str:
             ("rankme", "RankMe", "{:.1f}"), ("alpha", "α-ReQ", "{:.2f}")]
     lines = ["| method | " + " | ".join(c[1] for c in cols) + " | kNN − raw pixels |",
              "|---" * (len(cols) + 2) + "|",
-             f"| raw pixels | " + " | ".join("" if k != "knn" else f"{raw:.3f}" for k, _, _ in cols) + " | |"]
+             "| raw pixels | " + " | ".join("" if k != "knn" else f"{raw:.3f}" for k, _, _ in cols) + " | |"]
     names = list(dict.fromkeys(r["method"] for r in rows))
     for name in names:
         group = [r for r in rows if r["method"] == name]

@@ -39,23 +39,30 @@ class BYOL(Method):
         proj_depth: linear layers in the projector (2 in the paper; 1 = linear).
         pred_hidden: predictor hidden width (default: ``proj_hidden``).
         momentum, momentum_end: EMA momentum, cosine-scheduled over training.
+        proj_output_bn: batch norm on the projector's output (SimSiam's
+            projector has it; BYOL's has not).
+        fixed_predictor_lr: hold the predictor's learning rate at its peak
+            (SimSiam's choice; BYOL decays it with the rest).
     """
 
     name = "byol"
 
     def __init__(self, backbone: nn.Module, proj_hidden: int | None = None, proj_dim: int = 256,
                  predictor: bool = True, pred_hidden: int | None = None, stop_gradient: bool = True,
-                 momentum: float = 0.99, momentum_end: float = 1.0, proj_depth: int = 2):
+                 momentum: float = 0.99, momentum_end: float = 1.0, proj_depth: int = 2,
+                 proj_output_bn: bool = False, fixed_predictor_lr: bool = False):
         dim = backbone.dim
         hidden = proj_hidden or 2 * dim
         if proj_depth < 1:
             raise ValueError(f"BYOL needs a projector (proj_depth >= 1), got proj_depth={proj_depth}")
-        super().__init__(backbone, mlp_head(dim, hidden, proj_dim, proj_depth), momentum, momentum_end)
+        super().__init__(backbone, mlp_head(dim, hidden, proj_dim, proj_depth, last_batch_norm=proj_output_bn),
+                         momentum, momentum_end)
         if momentum > 0 and not stop_gradient:
             raise ValueError("stop_gradient=False needs momentum=0: a momentum teacher receives no "
                              "gradient anyway. Set momentum=0 to let gradients flow through the target.")
         self.predictor = mlp_head(proj_dim, pred_hidden or hidden, proj_dim, 2) if predictor else nn.Identity()
         self.stop_gradient = stop_gradient
+        self.proj_output_bn, self.fixed_predictor_lr = proj_output_bn, fixed_predictor_lr
         self.embedding_dim = proj_dim
         self.criterion = NegativeCosineSimilarity()
         if momentum > 0:
@@ -64,6 +71,9 @@ class BYOL(Method):
 
     def default_views(self, size: int = 32) -> augment.Views:
         return augment.byol(size)
+
+    def fixed_lr_modules(self) -> list[nn.Module]:
+        return [self.predictor] if self.fixed_predictor_lr else []
 
     def loss(self, views):
         x0, x1 = two_views(views, "BYOL")
