@@ -6,7 +6,9 @@ trains with the method's CPU testbed recipe (``cookbook.recipes``: ``shapes``
 at 16 px, ResNet-10 width 16, a fixed number of steps; every option below
 overrides it), evaluates with kNN on the test split (beside the same kNN on
 raw pixels, the baseline to beat), writes ``OUT/metrics.json`` and
-``OUT/checkpoint.pt``, and prints a one-screen summary.
+``OUT/checkpoint.pt``, and prints a one-screen summary. Under torchrun
+(``torchrun --nproc-per-node=N -m cookbook train ...``) every process trains
+its share of each batch and rank 0 alone prints, evaluates and writes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import difflib
 import inspect
 import json
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -141,7 +144,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--backbone", default=None, choices=BACKBONES, help=f"encoder {RECIPE}")
     t.add_argument("--width", type=int, default=None,
                    help=f"ResNet width, channels of the first stage {RECIPE}")
-    t.add_argument("--batch-size", type=int, default=None, help=f"images per step, >= 2 {RECIPE}")
+    t.add_argument("--batch-size", type=int, default=None,
+                   help=f"images per step, all processes together under torchrun, >= 2 {RECIPE}")
     t.add_argument("--optimizer", default=None, choices=sorted(BASE_LR), help=f"optimiser {RECIPE}")
     t.add_argument("--lr", type=float, default=None,
                    help=f"base learning rate per 256 images, > 0 {RECIPE}")
@@ -209,7 +213,7 @@ def validate(args) -> dict:
     dataset name, the method's ``--set`` options, the output folder (created and
     proved writable) and, with ``--resume``, the checkpoint file and the settings
     it records. Returns the run's :func:`settings`; raises UsageError."""
-    from cookbook import data
+    from cookbook import data, distributed
     from cookbook.train import (BASE_LR, MAX_SEED, WEIGHT_DECAY, check_output_folder,
                                 load_checkpoint, resolve_device, resume_conflicts)
 
@@ -226,6 +230,10 @@ def validate(args) -> dict:
     _float_option(args, "--lr", 0, strict=True)
     _float_option(args, "--weight-decay", 0, strict=False)
     run = settings(args)
+    world = distributed.planned_world_size()
+    if run["batch_size"] % world or run["batch_size"] // world < 2:
+        raise UsageError(f"--batch-size {run['batch_size']} is the batch of all {world} processes "
+                         f"together: pass a multiple of {world}, with at least 2 images per process")
     if run["backbone"] == "vit_tiny" and args.width is not None:
         raise UsageError("--width sets a ResNet's width; vit_tiny has a fixed width, leave --width out")
     patch = run["vit"].get("patch_size", 4)
@@ -289,15 +297,21 @@ def train(args) -> dict:
     run = validate(args)
     import torch
 
-    from cookbook import data, evaluate, metrics, methods, models
+    from cookbook import data, distributed, evaluate, metrics, methods, models
     from cookbook.train import fit
 
+    if distributed.launched():  # torchrun: join the process group before any work
+        distributed.stop_on_sigterm()
+        distributed.setup(args.device)
+    main = distributed.is_main()  # rank 0 prints, evaluates and writes; the others only train
     opts = run["options"]
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    ds = data.load(args.dataset, subset=args.subset, test_subset=args.test_subset, image_size=run["image_size"],
-                   seed=args.seed)
-    print(ds)
+    # under torchrun every process holds the data; rank 0 downloads or decodes it first
+    ds = distributed.staggered(lambda: data.load(args.dataset, subset=args.subset, test_subset=args.test_subset,
+                                                 image_size=run["image_size"], seed=args.seed))
+    if main:
+        print(ds)
     net = models.backbone(run["backbone"], width=run["width"], image_size=ds.image_size, **run["vit"])
     try:
         method = methods.build(args.method, net, **opts)
@@ -310,6 +324,8 @@ def train(args) -> dict:
                   compile=args.compile, seed=args.seed, eval_every=args.eval_every,
                   checkpoint_every=args.checkpoint_every, out=out, resume=args.resume,
                   progress=not args.no_progress)
+    if not main:
+        return {}
     train_f = evaluate.features(method, ds, "train")
     test_f = evaluate.features(method, ds, "test")
     k = min(KNN_K, len(ds.train_x))
@@ -322,7 +338,7 @@ def train(args) -> dict:
         "method": args.method, "dataset": ds.name, "train_size": len(ds.train_x), "test_size": len(ds.test_x),
         "image_size": ds.image_size, "backbone": models.describe(net), "options": opts,
         "steps": history.steps, "epochs": len(history.epochs), "batch_size": run["batch_size"],
-        "optimizer": run["optimizer"], "device": history.device,
+        "optimizer": run["optimizer"], "processes": distributed.world_size(), "device": history.device,
         "knn_test": float(knn), "knn_test_raw_pixels": float(knn_pixels), "knn_k": k,
         "rankme": float(metrics.rankme(emb)),
     }
@@ -349,7 +365,8 @@ def summary(r: dict, out: Path) -> str:
         f"  backbone     {r['backbone']}",
         f"  training     {h['steps']} steps of {r['batch_size']} ({r['epochs']} epochs), "
         f"{h['wall_time_s']:.1f} s "
-        f"on {r['device']} ({h['images_per_s']:.0f} img/s, peak memory {h['peak_memory_mb']:.0f} MB)"
+        f"on {r['device']}" + (f" x {r['processes']} processes" if r.get("processes", 1) > 1 else "")
+        + f" ({h['images_per_s']:.0f} img/s, peak memory {h['peak_memory_mb']:.0f} MB)"
         + (", all sessions" if resumed else ""),
         f"  final loss   {h['epochs'][-1]['loss']:.4f}" if h["epochs"] else "  final loss   -",
         f"  kNN (test)   {100 * r['knn_test']:.1f} %   (k={r.get('knn_k', KNN_K)}, cosine, T=0.1; "
@@ -370,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     (the loss diverged, a disk filled), 130 interrupted. argparse's own errors
     (an unknown option or method) exit with 2 by SystemExit."""
     args = parser().parse_args(argv)
+    from cookbook import distributed
     from cookbook.train import CHECKPOINT_NAME, NonFiniteLossError
 
     try:
@@ -383,6 +401,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as e:
         print(f"error: {e}; a checkpoint written before this (if any) is intact", file=sys.stderr)
+        return 1
+    except RuntimeError as e:  # under torchrun: another process of the run died
+        stopped = distributed.lost_contact(e)
+        if stopped is None:
+            raise
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun's SIGTERM must not cut this short
+        ckpt = Path(args.out) / CHECKPOINT_NAME
+        kept = (f"the last complete checkpoint, {ckpt}, is intact; continue with the same torchrun "
+                f"command and --resume {ckpt}" if ckpt.is_file() else "no checkpoint was written yet")
+        print(f"error (rank {distributed.planned_rank()}): {stopped}; {kept}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         ckpt = Path(args.out) / CHECKPOINT_NAME

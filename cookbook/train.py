@@ -8,7 +8,8 @@ optimiser steps); the batch-size learning-rate rule; mixed precision chosen
 for the device (:func:`select_precision`; fp32 on CPU); the channels_last
 memory format on every device (1.2-1.7x faster on a 2-core CPU as well);
 optional ``torch.compile``; atomic checkpoints and resume; a check that stops
-on a non-finite loss.
+on a non-finite loss. Launched by ``torchrun``, it trains with
+DistributedDataParallel (``cookbook.distributed``; the book's "Scaling out").
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from lightly.models.utils import get_weight_decay_parameters
 from lightly.utils.lars import LARS
 from lightly.utils.scheduler import cosine_schedule
 from tqdm import tqdm
+
+from cookbook import distributed
 
 # Learning rates are given for a batch of 256 and scaled by `lr_rule`.
 BASE_LR = {"sgd": 0.06, "lars": 0.3, "adamw": 1e-3}
@@ -142,8 +145,12 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # a failed write, or a signal (torchrun's SIGTERM) mid-write
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _first_line(error: BaseException, limit: int = 200) -> str:
@@ -334,7 +341,9 @@ def fit(method, dataset, *, epochs: int | None = None, steps: int | None = None,
             Default 10 when ``steps`` is not given.
         steps: optimiser steps in all, instead of ``epochs`` (the last epoch
             is cut short); the CPU testbed's recipes are given in steps.
-        batch_size: source images per step.
+        batch_size: source images per step; under torchrun, all processes
+            together (the effective batch, which the lr rule scales by), a
+            multiple of the number of processes.
         views: a :class:`cookbook.augment.Views` (default: ``method.default_views``).
         optimizer: "sgd", "lars" or "adamw".
         lr: base learning rate for a batch of 256 (default ``BASE_LR[optimizer]``),
@@ -356,11 +365,23 @@ def fit(method, dataset, *, epochs: int | None = None, steps: int | None = None,
             decay, warm-up, views, seed, device type) must be the same, else
             ValueError naming each that differs; weights of another shape raise
             :class:`CheckpointError`. A finished run resumed with another
-            ``out`` copies its checkpoint there.
+            ``out`` copies its checkpoint there. The number of processes may
+            change: ``batch_size`` is the effective batch, which must not.
         progress: a plain-text progress bar on stderr; log: one line per epoch on stdout.
 
     Every argument is checked, and ``out`` created and proved writable, before
     anything trains: a bad one raises ValueError saying what to pass instead.
+
+    Under ``torchrun`` (:mod:`cookbook.distributed`) every process calls
+    ``fit`` alike. It joins the process group (gloo on CPU, NCCL on CUDA, one
+    GPU per process), keeps the whole dataset on its device, draws the epoch's
+    permutation from the shared ``seed`` and trains on its share of each batch
+    (:func:`cookbook.distributed.batch_indices`), with augmentations of its
+    own. DistributedDataParallel averages the gradients; the methods' losses
+    gather the embeddings of all processes. Only rank 0 shows progress, logs,
+    evaluates and writes checkpoints; the recorded losses are the means over
+    the processes, and every process returns the same history except the
+    evaluations, which rank 0's alone holds.
     """
     if optimizer not in BASE_LR:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(BASE_LR)}")
@@ -376,6 +397,10 @@ def fit(method, dataset, *, epochs: int | None = None, steps: int | None = None,
         _check_int(epochs, "epochs", 1)
     _check_int(batch_size, "batch_size", 2, " (the losses compare the samples of a batch, and batch norm "
                "needs two)")
+    world, rank = distributed.planned_world_size(), distributed.planned_rank()
+    if batch_size % world or batch_size // world < 2:
+        raise ValueError(f"batch_size {batch_size} is the batch of all {world} processes together: it "
+                         f"must be a multiple of {world} with at least 2 images per process")
     n = len(dataset.train_x)
     if batch_size > n:
         raise ValueError(f"batch_size {batch_size} is larger than the train split ({n} images): "
@@ -395,28 +420,32 @@ def fit(method, dataset, *, epochs: int | None = None, steps: int | None = None,
     _check_int(seed, "seed", 0, maximum=MAX_SEED)
     _check_int(eval_every, "eval_every", 0, " (0 = never)")
     _check_int(checkpoint_every, "checkpoint_every", 0, " (0 = only at the end)")
-    device = resolve_device(device)
+    device = distributed.setup(resolve_device(device))  # torchrun: this process's GPU, or the CPU
+    distributed_run = distributed.active()
+    main = distributed.is_main()  # rank 0 logs, evaluates and writes; the others only train
     precision = select_precision(device, precision)
-    out = check_output_folder(out) if out is not None else None  # now, not after the first epoch
+    # now, not after the first epoch; only rank 0 writes there
+    out = check_output_folder(out) if out is not None and main else None
     views = views or method.default_views(dataset.image_size)
     weight_decay = WEIGHT_DECAY[optimizer] if weight_decay is None else float(weight_decay)
     base_lr = BASE_LR[optimizer] if lr is None else float(lr)
     warmup_steps = round(0.1 * total_steps if warmup_epochs is None else steps_per_epoch * warmup_epochs)
     backbone = getattr(method, "backbone", None)
     from cookbook.models import describe
-    # Everything that shapes the run's result; a resume must match it all. world_size: processes
-    # sharing a step (1 until distributed training exists; the effective batch is their product).
+    # Everything that shapes the run's result; a resume must match it all but world_size, the
+    # processes sharing a step (batch_size is their effective batch, and that must match).
     config = {"method": method.name, "options": method_options(method),
               "backbone": describe(backbone) if backbone is not None else None,
               "dataset": dataset.name, "train_size": n, "image_size": dataset.image_size,
-              "epochs": epochs, "steps": total_steps, "batch_size": batch_size, "world_size": 1, "optimizer": optimizer,
+              "epochs": epochs, "steps": total_steps, "batch_size": batch_size, "world_size": world, "optimizer": optimizer,
               "lr": base_lr, "lr_rule": lr_rule, "weight_decay": weight_decay,
               "warmup_steps": warmup_steps, "views": _describe_views(views), "seed": seed,
               "device_type": device.type, "precision": precision}
     ckpt = None
     if resume is not None:
         ckpt = load_checkpoint(resume)
-        conflicts = resume_conflicts(ckpt["config"], config)
+        same = {k: v for k, v in config.items() if k != "world_size"}  # processes may change
+        conflicts = resume_conflicts(ckpt["config"], same)
         if conflicts:
             raise ValueError(f"checkpoint {resume} was written by a different run: " + ", ".join(conflicts)
                              + ". Resume with the settings the run was started with, or start a new run "
@@ -428,9 +457,11 @@ def fit(method, dataset, *, epochs: int | None = None, steps: int | None = None,
     method.to(memory_format=torch.channels_last)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
+    # DDP: weights broadcast from rank 0, gradients averaged; SyncBatchNorm on CUDA
+    forward = distributed.wrap(method, device) if distributed_run else method.loss
     peak_lr = scaled_lr(base_lr, batch_size, lr_rule)
     opt = make_optimizer(method, optimizer, peak_lr, weight_decay)
-    gen = torch.Generator(device).manual_seed(seed)
+    gen = torch.Generator(device).manual_seed(seed)  # batch order: the same on every rank
 
     history, start_epoch, step = History(device=str(device), precision=precision), 0, 0
     if ckpt is not None:
@@ -446,28 +477,31 @@ def fit(method, dataset, *, epochs: int | None = None, steps: int | None = None,
         history.start_epoch = start_epoch
 
     val_idx = train_idx = None
-    if eval_every and eval_knn:
+    if eval_every and eval_knn and main:
         from cookbook.evaluate import validation_split
         train_idx, val_idx = validation_split(dataset.train_y.cpu(), 0.1, seed)
 
-    loss_fn = torch.compile(method.loss) if compile else method.loss
+    loss_fn = torch.compile(forward) if compile else forward
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
                 if precision != "fp32" else contextlib.nullcontext())
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     check_every = 25 if cuda else 1  # reading the loss waits for the GPU: do it rarely there
     # the bar goes to stderr, so `> log` keeps the epoch lines without carriage returns
-    bar = tqdm(total=total_steps, initial=step, disable=not progress, ascii=True, ncols=80,
+    bar = tqdm(total=total_steps, initial=step, disable=not (progress and main), ascii=True, ncols=80,
                file=sys.stderr, mininterval=2.0, desc=method.name)
     x_all = dataset.train_x
     method.train()
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=gen, device=device)
-        losses = []
+        # one process draws augmentations from `gen`; ranks each from their own generator
+        aug_gen = (torch.Generator(device).manual_seed(distributed.augmentation_seed(seed, epoch, rank))
+                   if distributed_run else gen)
+        losses, checked = [], 0
         epoch_steps = min(steps_per_epoch, total_steps - step)
         for i in range(epoch_steps):
-            images = x_all[perm[i * batch_size:(i + 1) * batch_size]]
-            batch = [v.contiguous(memory_format=torch.channels_last) for v in views(images, gen)]
+            images = x_all[distributed.batch_indices(perm, i, batch_size, rank, world)]
+            batch = [v.contiguous(memory_format=torch.channels_last) for v in views(images, aug_gen)]
             lr_now = lr_at(step, total_steps, warmup_steps, peak_lr)
             for group in opt.param_groups:
                 group["lr"] = peak_lr if group.get("fixed_lr") else lr_now
@@ -485,17 +519,20 @@ def fit(method, dataset, *, epochs: int | None = None, steps: int | None = None,
             losses.append(loss.detach().float())
             step += 1
             if step % check_every == 0 or i == epoch_steps - 1:
+                if distributed_run:  # the run's loss is the ranks' mean; all stop on a NaN together
+                    losses[checked:] = distributed.mean_over_ranks(torch.stack(losses[checked:])).unbind()
+                    checked = len(losses)
                 _check_finite(losses, step, epoch, lr_now, peak_lr)
             bar.update(1)
         if cuda:
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
         record = {"epoch": epoch + 1, "loss": float(torch.stack(losses).mean()), "lr": lr_now, "seconds": seconds}
-        if eval_every and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
+        if eval_every and main and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
             record.update(_evaluate(method, dataset, val_idx, train_idx, eval_knn, eval_rankme))
             method.train()
         history.epochs.append(record)
-        if log:
+        if log and main:
             extra = "".join(f"  {k} {record[k]:.3f}" for k in ("knn_val", "rankme") if k in record)
             bar.write(f"epoch {epoch + 1}/{epochs}  loss {record['loss']:.4f}  lr {lr_now:.4f}  "
                       f"{seconds:.1f} s  {epoch_steps * batch_size / seconds:.0f} img/s{extra}", file=sys.stdout)

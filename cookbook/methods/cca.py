@@ -56,7 +56,8 @@ class VICReg(Method):
         super().__init__(backbone, mlp_head(dim, proj_hidden or 4 * dim, proj_dim, proj_depth))
         self.lambda_, self.mu, self.nu = lambda_, mu, nu
         self.embedding_dim = proj_dim
-        self.criterion = VICRegLoss(lambda_param=lambda_, mu_param=mu, nu_param=nu)
+        # distributed: variance and covariance over all ranks' embeddings (invariance is per pair)
+        self.criterion = VICRegLoss(lambda_param=lambda_, mu_param=mu, nu_param=nu, gather_distributed=True)
 
     def default_views(self, size: int = 32) -> augment.Views:
         return augment.vicreg(size)

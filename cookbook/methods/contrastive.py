@@ -5,6 +5,12 @@ push other images away, with a contrastive loss.
 - :class:`MoCo`: a momentum key encoder and a queue of negatives (MoCo v2).
 - :class:`NNCLR`: the positive is a nearest neighbour from a support set.
 - :class:`DCL`: NT-Xent with the positive taken out of the denominator.
+
+Under ``torchrun`` (the book's "Scaling out") every loss here gathers the
+embeddings of all processes (lightly's ``gather_distributed=True``), so the
+negatives are those of the whole batch, as in one process; the queue and the
+support set enqueue the gathered keys, so every process holds the same ones.
+Outside a process group the flag changes nothing.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ class SimCLR(Method):
         super().__init__(backbone, mlp_head(dim, proj_hidden or dim, proj_dim, proj_depth, last_batch_norm=True))
         check_temperature(temperature)
         self.temperature = temperature
-        self.criterion = NTXentLoss(temperature=temperature)
+        self.criterion = NTXentLoss(temperature=temperature, gather_distributed=True)
         self.embedding_dim = head_dim(self.projector, dim)
 
     def loss(self, views):
@@ -121,7 +127,9 @@ class MoCo(Method):
         check_size(queue_size, "queue_size", 0)
         self.temperature, self.queue_size = temperature, queue_size
         self.embedding_dim = proj_dim
-        self.criterion = NTXentLoss(temperature=temperature,
+        # distributed: with a queue, all ranks' keys are enqueued (the same queue everywhere);
+        # without, the in-batch negatives are all ranks' keys
+        self.criterion = NTXentLoss(temperature=temperature, gather_distributed=True,
                                     memory_bank_size=(queue_size, proj_dim) if queue_size else 0)
         self.key_backbone = self.add_teacher(self.backbone)
         self.key_projector = self.add_teacher(self.projector)
@@ -199,7 +207,10 @@ class NNCLR(Method):
         self.embedding_dim = head_dim(self.projector, dim)
         self.predictor = mlp_head(self.embedding_dim, pred_hidden or hidden, self.embedding_dim, 2)
         self.support = NNMemoryBankModule(size=(support_size, self.embedding_dim))
-        self.criterion = NTXentLoss(temperature=temperature)
+        # lightly's NNMemoryBankModule does not take the flag its base class has: all ranks'
+        # projections are enqueued, so every rank looks neighbours up in the same support set
+        self.support.gather_distributed = True
+        self.criterion = NTXentLoss(temperature=temperature, gather_distributed=True)
 
     def default_views(self, size: int = 32) -> augment.Views:
         return augment.byol(size)  # the paper uses BYOL's augmentations (lightly's example: SimCLR's)
@@ -243,7 +254,8 @@ class DCL(SimCLR):
                  proj_dim: int = 128, temperature: float = 0.1, weighted: bool = False):
         super().__init__(backbone, proj_depth, proj_hidden, proj_dim, temperature)
         self.weighted = weighted
-        self.criterion = DCLWLoss(temperature=temperature) if weighted else DCLLoss(temperature=temperature)
+        loss = DCLWLoss if weighted else DCLLoss
+        self.criterion = loss(temperature=temperature, gather_distributed=True)
 
     def loss(self, views):
         x0, x1 = two_views(views, "DCL")
