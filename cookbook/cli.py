@@ -145,7 +145,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--width", type=int, default=None,
                    help=f"ResNet width, channels of the first stage {RECIPE}")
     t.add_argument("--batch-size", type=int, default=None,
-                   help=f"images per step, all processes together under torchrun, >= 2 {RECIPE}")
+                   help=f"images per step, >= 2 {RECIPE}; under torchrun, all processes together")
     t.add_argument("--optimizer", default=None, choices=sorted(BASE_LR), help=f"optimiser {RECIPE}")
     t.add_argument("--lr", type=float, default=None,
                    help=f"base learning rate per 256 images, > 0 {RECIPE}")

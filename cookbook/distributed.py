@@ -27,7 +27,9 @@ import atexit
 import datetime
 import inspect
 import os
+import re
 import signal
+import sys
 
 import torch
 import torch.distributed as dist
@@ -136,6 +138,8 @@ def stop_on_sigterm() -> None:
     Later SIGTERMs are ignored, so that the report is not cut short."""
     def handler(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if sys.exc_info()[1] is not None:
+            return  # an error is being handled already: let it be reported
         raise RankStopped("stopped by torchrun (SIGTERM): another process of this run failed or "
                           "was killed; its own output says why")
     signal.signal(signal.SIGTERM, handler)
@@ -143,7 +147,9 @@ def stop_on_sigterm() -> None:
 
 def lost_contact(error: BaseException) -> RankStopped | None:
     """``error`` as a :class:`RankStopped` when a collective raised it (a rank
-    died and gloo or NCCL saw its connection close), else None."""
+    died and gloo or NCCL saw its connection close), else None. Collectives
+    also run inside ``backward`` (DDP's gradient averaging), where no Python
+    frame of torch.distributed is left: the message names the backend there."""
     if isinstance(error, RankStopped):
         return error
     tb, frame_file = error.__traceback__, ""
@@ -151,7 +157,9 @@ def lost_contact(error: BaseException) -> RankStopped | None:
         frame_file, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
     inside = f"{os.sep}torch{os.sep}distributed{os.sep}" in frame_file
     dist_error = getattr(dist, "DistError", ())
-    if not (inside or (dist_error and isinstance(error, dist_error))):
+    backend = re.search(r"\bgloo\b|\bnccl\b|connection (reset|closed) by peer", str(error),
+                        re.IGNORECASE)
+    if not (inside or backend or (dist_error and isinstance(error, dist_error))):
         return None
     first = (str(error).strip().splitlines() or [type(error).__name__])[0]
     return RankStopped(f"lost contact with another process of this run, which failed or was "
