@@ -48,16 +48,22 @@ def method(name: str) -> nn.Module:
 
 
 class BarlowProbe(nn.Module):
-    """A linear projector and lightly's BarlowTwinsLoss with gather_distributed."""
+    """A linear projector and lightly's BarlowTwinsLoss: with its own
+    ``gather_distributed`` (per-rank standardisation), or, ``gathered``, on
+    the embeddings of all ranks gathered by cookbook.distributed.gather."""
 
-    def __init__(self):
+    def __init__(self, gathered: bool = False):
         super().__init__()
         torch.manual_seed(0)
         self.proj = nn.Linear(12, 6)
-        self.criterion = BarlowTwinsLoss(lambda_param=LAMBDA, gather_distributed=True)
+        self.gathered = gathered
+        self.criterion = BarlowTwinsLoss(lambda_param=LAMBDA, gather_distributed=not gathered)
 
     def loss(self, views):
-        return self.criterion(self.proj(views[0]), self.proj(views[1]))
+        z_a, z_b = self.proj(views[0]), self.proj(views[1])
+        if self.gathered:
+            z_a, z_b = distributed.gather(z_a), distributed.gather(z_b)
+        return self.criterion(z_a, z_b)
 
 
 def barlow_definition(z_a: torch.Tensor, z_b: torch.Tensor, shares: int) -> torch.Tensor:
@@ -96,10 +102,12 @@ def probe(case: str) -> tuple[nn.Module, list[torch.Tensor]]:
         if case == "simclr_local":
             m.criterion.gather_distributed = False  # the control: per-rank negatives only
         return m, list(images())
-    return (BarlowProbe() if case == "barlow" else GatherProbe()), list(vectors())
+    if case in ("barlow", "barlow_gathered"):
+        return BarlowProbe(gathered=case == "barlow_gathered"), list(vectors())
+    return GatherProbe(), list(vectors())
 
 
-EXACT_CASES = ("simclr", "vicreg", "simclr_local", "barlow", "gather")
+EXACT_CASES = ("simclr", "vicreg", "simclr_local", "barlow", "barlow_gathered", "gather")
 
 
 def shapes() -> data.Dataset:

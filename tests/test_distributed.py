@@ -1,8 +1,9 @@
 """Distributed training on CPU: gloo, 2 processes (the book's "Scaling out").
 
 (a) Exactness: SimCLR's and VICReg's 2-rank loss and gradients are the
-    single-process ones on the concatenated batch; Barlow Twins matches its
-    distributed definition; the package's gather layer is exact too. fit keeps
+    single-process ones on the concatenated batch; lightly's Barlow Twins
+    matches its distributed definition (per-rank standardisation), and on
+    embeddings gathered by the package's gather layer it is exact too. fit keeps
     weights, teacher, queue and support set alike on both ranks, and a stopped
     2-rank run resumes to the losses of an uninterrupted one.
 (b) A 2-process torchrun CLI run writes one metrics.json and one checkpoint.
@@ -39,7 +40,8 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 
 def _env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in distributed.TORCHRUN_ENV}
-    return {**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", **extra}
+    return {**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
+            **extra}
 
 
 def _free_port() -> int:
@@ -82,7 +84,8 @@ def test_batch_must_split_over_the_processes(monkeypatch, tmp_path, capsys):
         fit(methods.SimCLR(models.resnet18(2)), ds, batch_size=18, progress=False, log=False)
     with pytest.raises(ValueError, match="multiple of 4 with at least 2 images per process"):
         fit(methods.SimCLR(models.resnet18(2)), ds, batch_size=4, progress=False, log=False)
-    assert cli.main(["train", "--method", "simclr", "--batch-size", "30", "--out", str(tmp_path)]) == 2
+    code = cli.main(["train", "--method", "simclr", "--batch-size", "30", "--out", str(tmp_path)])
+    assert code == 2
     assert "--batch-size 30 is the batch of all 4 processes together" in capsys.readouterr().err
 
 
@@ -93,8 +96,9 @@ def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ranks")
     port = str(_free_port())
     procs = [subprocess.Popen([sys.executable, str(Path(cases.__file__)), str(out)],
-                              env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+                              env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2",
+                                       LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                                       MASTER_PORT=port),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for r in range(2)]
     try:
@@ -117,7 +121,7 @@ def _single_process(case: str, loss_fn=None) -> tuple[torch.Tensor, dict]:
     return loss.detach(), {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("case", ["simclr", "vicreg", "gather"])
+@pytest.mark.parametrize("case", ["simclr", "vicreg", "gather", "barlow_gathered"])
 def test_two_ranks_give_the_single_process_loss_and_gradients(two_ranks, case):
     ranks = _ranks(two_ranks, case)
     loss, grads = _single_process(case)
@@ -126,8 +130,8 @@ def test_two_ranks_give_the_single_process_loss_and_gradients(two_ranks, case):
         torch.testing.assert_close(r["loss"], loss, **TOL)
         assert r["grads"].keys() == grads.keys()
         for k in grads:
-            torch.testing.assert_close(r["grads"][k], grads[k], **TOL, msg=f"{case}: gradient of {k}")
-    if case != "gather":  # their losses have a per-rank part: each rank scored its own rows
+            torch.testing.assert_close(r["grads"][k], grads[k], **TOL, msg=f"{case}: grad of {k}")
+    if case in ("simclr", "vicreg"):  # their losses have a per-rank part: each rank scored its rows
         assert not torch.equal(ranks[0]["local_loss"], ranks[1]["local_loss"])
 
 
@@ -141,7 +145,9 @@ def test_without_gathering_the_negatives_are_per_rank(two_ranks):
 
 def test_barlow_twins_matches_its_distributed_definition(two_ranks):
     """lightly's BarlowTwinsLoss(gather_distributed=True): each rank standardises
-    its own rows; the cross-correlation matrices are averaged over the ranks."""
+    its own rows; the cross-correlation matrices are averaged over the ranks.
+    (Its loss on embeddings gathered first is the single-process one: the
+    ``barlow_gathered`` case above.)"""
     ranks = _ranks(two_ranks, "barlow")
     model, (a, b) = cases.probe("barlow")
     definition, grads = _single_process(
@@ -153,7 +159,8 @@ def test_barlow_twins_matches_its_distributed_definition(two_ranks):
     # ... which is not the single-process loss: there the whole batch is standardised at once
     whole, _ = _single_process("barlow")
     assert not torch.allclose(whole, definition, **TOL)
-    torch.testing.assert_close(cases.barlow_definition(model.proj(a), model.proj(b), shares=1), whole, **TOL)
+    one_share = cases.barlow_definition(model.proj(a), model.proj(b), shares=1)
+    torch.testing.assert_close(one_share, whole, **TOL)
 
 
 @pytest.mark.parametrize("name", ["moco", "nnclr"])
@@ -181,7 +188,8 @@ def test_a_two_rank_checkpoint_resumes_in_one_process(two_ranks):
     h = fit(methods.SimCLR(models.resnet18(2)), ds, epochs=2, resume=ckpt, **cases.FIT)
     assert h.start_epoch == 1 and len(h.epochs) == 2 and h.steps == 2 * 64 // 16
     with pytest.raises(ValueError, match="batch_size was 16, now 8"):
-        fit(methods.SimCLR(models.resnet18(2)), ds, epochs=2, resume=ckpt, **{**cases.FIT, "batch_size": 8})
+        fit(methods.SimCLR(models.resnet18(2)), ds, epochs=2, resume=ckpt,
+            **{**cases.FIT, "batch_size": 8})
 
 
 # ------------------------------------------------------------ (b) the CLI
@@ -192,7 +200,8 @@ def test_torchrun_cli_run_writes_one_metrics_file_and_one_checkpoint(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.json"]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["processes"] == 2 and metrics["batch_size"] == 32 and metrics["history"]["steps"] == 2
+    assert metrics["processes"] == 2 and metrics["batch_size"] == 32
+    assert metrics["history"]["steps"] == 2
     config = load_checkpoint(out / CHECKPOINT_NAME)["config"]
     assert config["world_size"] == 2 and config["batch_size"] == 32
     # rank 0 alone prints the summary and the epoch lines
@@ -223,7 +232,7 @@ def _rank_of(pid: int) -> int | None:
     return ranks[0] if ranks else None
 
 
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process in /proc")
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds rank 1 in /proc")
 def test_killing_one_rank_stops_the_run_with_a_clear_error(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(_torchrun(*CLI_RUN, "--epochs", "500", "--checkpoint-every", "1",
@@ -232,10 +241,11 @@ def test_killing_one_rank_stops_the_run_with_a_clear_error(tmp_path):
                             cwd=tmp_path)
     try:
         deadline = time.time() + 120
-        while not (out / CHECKPOINT_NAME).exists() and proc.poll() is None and time.time() < deadline:
+        while (not (out / CHECKPOINT_NAME).exists() and proc.poll() is None
+               and time.time() < deadline):
             time.sleep(0.05)
         rank1 = [pid for pid in _children(proc.pid) if _rank_of(pid) == 1]
-        assert proc.poll() is None and len(rank1) == 1, "the run ended before rank 1 could be killed"
+        assert proc.poll() is None and len(rank1) == 1, "the run ended before rank 1 was killed"
         os.kill(rank1[0], signal.SIGKILL)
         log = proc.communicate(timeout=60)[0]
     finally:
