@@ -32,10 +32,13 @@ def main() -> None:
     p.add_argument("--method", default="simclr")
     p.add_argument("--batch-size", type=int, default=256, help="effective batch, all processes")
     p.add_argument("--images", type=int, default=1024, help="train images (4 steps an epoch)")
+    p.add_argument("--image-size", type=int, default=None, help="pixels (default: the recipe's)")
     args = p.parse_args()
 
     distributed.setup("cpu")
     recipe = recipes.recipe(args.method)
+    if args.image_size:
+        recipe = recipe.with_(image_size=args.image_size)
     torch.manual_seed(0)
     ds = data.load("shapes", subset=args.images, test_subset=64, image_size=recipe.image_size, seed=0)
     method = recipe.build()
@@ -46,7 +49,7 @@ def main() -> None:
     per_step = last["seconds"] / (args.images // args.batch_size)
     if distributed.is_main():
         world = distributed.world_size()
-        print(json.dumps({"method": args.method, "processes": world,
+        print(json.dumps({"method": args.method, "image_size": recipe.image_size, "processes": world,
                           "threads_per_process": torch.get_num_threads(),
                           "batch_size": args.batch_size, "per_process": args.batch_size // world,
                           "seconds_per_step": round(per_step, 3), "loss": round(last["loss"], 4)}))

@@ -7,6 +7,7 @@ One module per concern:
 - ``cookbook.models``    CIFAR ResNet-18 with a width multiplier, tiny ViT, heads
 - ``cookbook.methods``   SSL methods behind one interface (loss, representation, embedding)
 - ``cookbook.train``     ``fit``: optimiser, schedule, checkpoints, history
+- ``cookbook.distributed`` torchrun: process group, gather with gradients, batch shares
 - ``cookbook.evaluate``  features, kNN, linear probe
 - ``cookbook.metrics``   RankMe, alpha-ReQ, collapse report
 - ``cookbook.experiment`` studies: train + evaluate a run, choose by a criterion

@@ -233,7 +233,8 @@ def validate(args) -> dict:
     world = distributed.planned_world_size()
     if run["batch_size"] % world or run["batch_size"] // world < 2:
         raise UsageError(f"--batch-size {run['batch_size']} is the batch of all {world} processes "
-                         f"together: pass a multiple of {world}, with at least 2 images per process")
+                         f"together: pass a multiple of {world}, with at least 2 images per "
+                         f"process")
     if run["backbone"] == "vit_tiny" and args.width is not None:
         raise UsageError("--width sets a ResNet's width; vit_tiny has a fixed width, leave --width out")
     patch = run["vit"].get("patch_size", 4)
@@ -308,7 +309,8 @@ def train(args) -> dict:
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     # under torchrun every process holds the data; rank 0 downloads or decodes it first
-    ds = distributed.staggered(lambda: data.load(args.dataset, subset=args.subset, test_subset=args.test_subset,
+    ds = distributed.staggered(lambda: data.load(args.dataset, subset=args.subset,
+                                                 test_subset=args.test_subset,
                                                  image_size=run["image_size"], seed=args.seed))
     if main:
         print(ds)
@@ -338,7 +340,8 @@ def train(args) -> dict:
         "method": args.method, "dataset": ds.name, "train_size": len(ds.train_x), "test_size": len(ds.test_x),
         "image_size": ds.image_size, "backbone": models.describe(net), "options": opts,
         "steps": history.steps, "epochs": len(history.epochs), "batch_size": run["batch_size"],
-        "optimizer": run["optimizer"], "processes": distributed.world_size(), "device": history.device,
+        "optimizer": run["optimizer"], "processes": distributed.world_size(),
+        "device": history.device,
         "knn_test": float(knn), "knn_test_raw_pixels": float(knn_pixels), "knn_k": k,
         "rankme": float(metrics.rankme(emb)),
     }
@@ -365,7 +368,8 @@ def summary(r: dict, out: Path) -> str:
         f"  backbone     {r['backbone']}",
         f"  training     {h['steps']} steps of {r['batch_size']} ({r['epochs']} epochs), "
         f"{h['wall_time_s']:.1f} s "
-        f"on {r['device']}" + (f" x {r['processes']} processes" if r.get("processes", 1) > 1 else "")
+        f"on {r['device']}"
+        + (f" x {r['processes']} processes" if r.get("processes", 1) > 1 else "")
         + f" ({h['images_per_s']:.0f} img/s, peak memory {h['peak_memory_mb']:.0f} MB)"
         + (", all sessions" if resumed else ""),
         f"  final loss   {h['epochs'][-1]['loss']:.4f}" if h["epochs"] else "  final loss   -",
@@ -408,8 +412,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun's SIGTERM must not cut this short
         ckpt = Path(args.out) / CHECKPOINT_NAME
-        kept = (f"the last complete checkpoint, {ckpt}, is intact; continue with the same torchrun "
-                f"command and --resume {ckpt}" if ckpt.is_file() else "no checkpoint was written yet")
+        kept = (f"the last complete checkpoint, {ckpt}, is intact; continue with the same "
+                f"torchrun command and --resume {ckpt}" if ckpt.is_file()
+                else "no checkpoint was written yet")
         print(f"error (rank {distributed.planned_rank()}): {stopped}; {kept}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -5,7 +5,7 @@ launched by ``torchrun`` (the book's "Scaling out" page).
 through environment variables: ``RANK`` (0 to ``WORLD_SIZE - 1``, over all
 machines), ``LOCAL_RANK`` (its index on its machine), ``WORLD_SIZE``,
 ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``. This module reads
-them and nothing else:
+them and leaves the launching to torchrun:
 
 - :func:`setup` joins the process group (NCCL on CUDA, gloo on CPU) and
   returns the process's device; :func:`teardown` leaves it.
@@ -95,9 +95,9 @@ def local_device(device: str | torch.device | None = None) -> torch.device:
     local, here = int(os.environ["LOCAL_RANK"]), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     count = torch.cuda.device_count()
     if local >= count:
-        raise ValueError(f"torchrun started {max(here, local + 1)} processes on this machine, which "
-                         f"has {count} GPU(s); pass --nproc-per-node={count} or fewer (one process "
-                         f"per GPU)")
+        raise ValueError(f"torchrun started {max(here, local + 1)} processes on this machine, "
+                         f"which has {count} GPU(s); pass --nproc-per-node={count} or fewer (one "
+                         f"process per GPU)")
     if wanted.index is not None and wanted.index != local and here > 1:
         raise ValueError(f"device {device!r}: under torchrun each process takes the GPU of its "
                          f"LOCAL_RANK (cuda:{local} here); pass --device cuda without an index")

@@ -399,8 +399,8 @@ def fit(method, dataset, *, epochs: int | None = None, steps: int | None = None,
                "needs two)")
     world, rank = distributed.planned_world_size(), distributed.planned_rank()
     if batch_size % world or batch_size // world < 2:
-        raise ValueError(f"batch_size {batch_size} is the batch of all {world} processes together: it "
-                         f"must be a multiple of {world} with at least 2 images per process")
+        raise ValueError(f"batch_size {batch_size} is the batch of all {world} processes together: "
+                         f"it must be a multiple of {world} with at least 2 images per process")
     n = len(dataset.train_x)
     if batch_size > n:
         raise ValueError(f"batch_size {batch_size} is larger than the train split ({n} images): "
@@ -437,7 +437,8 @@ def fit(method, dataset, *, epochs: int | None = None, steps: int | None = None,
     config = {"method": method.name, "options": method_options(method),
               "backbone": describe(backbone) if backbone is not None else None,
               "dataset": dataset.name, "train_size": n, "image_size": dataset.image_size,
-              "epochs": epochs, "steps": total_steps, "batch_size": batch_size, "world_size": world, "optimizer": optimizer,
+              "epochs": epochs, "steps": total_steps, "batch_size": batch_size, "world_size": world,
+              "optimizer": optimizer,
               "lr": base_lr, "lr_rule": lr_rule, "weight_decay": weight_decay,
               "warmup_steps": warmup_steps, "views": _describe_views(views), "seed": seed,
               "device_type": device.type, "precision": precision}
@@ -487,21 +488,23 @@ def fit(method, dataset, *, epochs: int | None = None, steps: int | None = None,
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     check_every = 25 if cuda else 1  # reading the loss waits for the GPU: do it rarely there
     # the bar goes to stderr, so `> log` keeps the epoch lines without carriage returns
-    bar = tqdm(total=total_steps, initial=step, disable=not (progress and main), ascii=True, ncols=80,
-               file=sys.stderr, mininterval=2.0, desc=method.name)
+    bar = tqdm(total=total_steps, initial=step, disable=not (progress and main), ascii=True,
+               ncols=80, file=sys.stderr, mininterval=2.0, desc=method.name)
     x_all = dataset.train_x
     method.train()
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=gen, device=device)
-        # one process draws augmentations from `gen`; ranks each from their own generator
-        aug_gen = (torch.Generator(device).manual_seed(distributed.augmentation_seed(seed, epoch, rank))
-                   if distributed_run else gen)
+        aug_gen = gen  # one process draws augmentations from `gen`; ranks from their own
+        if distributed_run:
+            aug_seed = distributed.augmentation_seed(seed, epoch, rank)
+            aug_gen = torch.Generator(device).manual_seed(aug_seed)
         losses, checked = [], 0
         epoch_steps = min(steps_per_epoch, total_steps - step)
         for i in range(epoch_steps):
             images = x_all[distributed.batch_indices(perm, i, batch_size, rank, world)]
-            batch = [v.contiguous(memory_format=torch.channels_last) for v in views(images, aug_gen)]
+            batch = [v.contiguous(memory_format=torch.channels_last)
+                     for v in views(images, aug_gen)]
             lr_now = lr_at(step, total_steps, warmup_steps, peak_lr)
             for group in opt.param_groups:
                 group["lr"] = peak_lr if group.get("fixed_lr") else lr_now
@@ -520,7 +523,8 @@ def fit(method, dataset, *, epochs: int | None = None, steps: int | None = None,
             step += 1
             if step % check_every == 0 or i == epoch_steps - 1:
                 if distributed_run:  # the run's loss is the ranks' mean; all stop on a NaN together
-                    losses[checked:] = distributed.mean_over_ranks(torch.stack(losses[checked:])).unbind()
+                    mean = distributed.mean_over_ranks(torch.stack(losses[checked:]))
+                    losses[checked:] = mean.unbind()
                     checked = len(losses)
                 _check_finite(losses, step, epoch, lr_now, peak_lr)
             bar.update(1)

@@ -57,7 +57,8 @@ class VICReg(Method):
         self.lambda_, self.mu, self.nu = lambda_, mu, nu
         self.embedding_dim = proj_dim
         # distributed: variance and covariance over all ranks' embeddings (invariance is per pair)
-        self.criterion = VICRegLoss(lambda_param=lambda_, mu_param=mu, nu_param=nu, gather_distributed=True)
+        self.criterion = VICRegLoss(lambda_param=lambda_, mu_param=mu, nu_param=nu,
+                                    gather_distributed=True)
 
     def default_views(self, size: int = 32) -> augment.Views:
         return augment.vicreg(size)
