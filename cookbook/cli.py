@@ -306,7 +306,6 @@ def train(args) -> dict:
         distributed.setup(args.device)
     main = distributed.is_main()  # rank 0 prints, evaluates and writes; the others only train
     opts = run["options"]
-    torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     # under torchrun every process holds the data; rank 0 downloads or decodes it first
     ds = distributed.staggered(lambda: data.load(args.dataset, subset=args.subset,
@@ -314,6 +313,7 @@ def train(args) -> dict:
                                                  image_size=run["image_size"], seed=args.seed))
     if main:
         print(ds)
+    torch.manual_seed(args.seed)  # just before the weights are drawn, as benchmarks/testbed.py does
     net = models.backbone(run["backbone"], width=run["width"], image_size=ds.image_size, **run["vit"])
     try:
         method = methods.build(args.method, net, **opts)
