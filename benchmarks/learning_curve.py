@@ -22,6 +22,9 @@ from cookbook import data, evaluate, recipes
 from cookbook.train import fit
 
 
+NAMES = {"byol": "BYOL", "simsiam": "SimSiam", "simclr": "SimCLR", "vicreg": "VICReg", "mae": "MAE"}
+
+
 def curve(name: str, ds, steps: int, every: int, seed: int) -> dict:
     r = recipes.recipe(name)
     torch.manual_seed(seed)
@@ -72,7 +75,7 @@ def draw(curves: list[dict], raw: float):
         fig, ax = plots.figure()
         for c in curves:
             ax.plot([p["steps"] for p in c["points"]], [100 * p["knn_val"] for p in c["points"]],
-                    marker="o", label=c["method"], color=plots.color(c["method"]))
+                    marker="o", label=NAMES.get(c["method"], c["method"]), color=plots.color(c["method"]))
         plots.reference_lines(ax, raw_pixels=100 * raw)
         ax.axhline(100 * raw + 15, color="0.5", linestyle=":", linewidth=1.2, label="raw pixels + 15 points")
         ax.set_xlabel("training steps (batch 256)")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import time
@@ -33,7 +34,7 @@ from cookbook.train import fit
 REPRESENTATIVES = ("simclr", "byol", "simsiam", "vicreg", "mae")
 FINE_TUNE = {"labelled_fraction": 0.1, "steps": 300, "batch_size": 128}
 ORDER = ["untrained ResNet-10", *REPRESENTATIVES[:4], "supervised ResNet-10", "untrained ViT", "mae",
-         "scratch ViT, 10 % labels"]
+         "scratch ViT, 10 % labels"]  # the table's row order
 
 
 def score(method, ds) -> dict:
@@ -83,40 +84,47 @@ def run_references(ds, seed: int, device, steps: int, vit: bool = True) -> list[
     return rows
 
 
-def mean_sd(values) -> str:
-    values = [v for v in values if v is not None]
+NAMES = {"simclr": "SimCLR", "byol": "BYOL", "simsiam": "SimSiam", "vicreg": "VICReg", "mae": "MAE"}
+FAMILIES = {"simclr": "contrastive", "byol": "distillation", "simsiam": "distillation", "vicreg": "CCA",
+            "mae": "MIM"}
+
+
+def mean_sd(values, scale: float = 1.0, digits: int = 1) -> str:
+    """"m ± sd" of the values (times ``scale``; no line break inside), or the value alone for one."""
+    values = [scale * v for v in values if v is not None and not math.isnan(v)]
     if not values:
         return ""
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f}\u00a0±\u00a0{statistics.stdev(values):.{digits}f}"
 
 
 def table(rows: list[dict], raw: float) -> str:
-    cols = [("steps", "steps", "{:.0f}"), ("seconds", "seconds", "{:.0f}"), ("knn", "kNN", None),
-            ("linear", "linear", None), ("finetune10", "fine-tune 10 %", None), ("test_acc", "supervised", None),
-            ("rankme", "RankMe", "{:.1f}"), ("alpha", "α-ReQ", "{:.2f}")]
-    lines = ["| method | " + " | ".join(c[1] for c in cols) + " | kNN − raw pixels |",
-             "|---" * (len(cols) + 2) + "|",
-             "| raw pixels | " + " | ".join("" if k != "knn" else f"{raw:.3f}" for k, _, _ in cols) + " | |"]
-    names = list(dict.fromkeys(r["method"] for r in rows))
-    for name in names:
-        group = [r for r in rows if r["method"] == name]
-        cells = []
-        for key, _, fmt in cols:
-            vals = [r[key] for r in group if key in r]
-            if not vals:
-                cells.append("")
-            elif fmt:
-                m = statistics.mean(vals)
-                cells.append(fmt.format(m) + (f" ± {statistics.stdev(vals):.1f}" if len(vals) > 1 and
-                                              key in ("rankme",) else ""))
-            else:
-                cells.append(mean_sd(vals))
-        knns = [r["knn"] for r in group if "knn" in r]
-        gap = f"{100 * (statistics.mean(knns) - raw):+.1f} points" if knns else ""
-        lines.append(f"| {name} ({len(group)} seeds) | " + " | ".join(cells) + f" | {gap} |")
-    return "\n".join(lines)
+    """Two markdown tables, one row per model (mean ± sd over its seeds): the
+    accuracies in %, then the label-free metrics and the training time."""
+    groups = {name: [r for r in rows if r["method"] == name] for name in dict.fromkeys(r["method"] for r in rows)}
+
+    def cell(group, key, scale=100.0, digits=1):
+        return mean_sd([r[key] for r in group if key in r], scale, digits)
+
+    def label(name):
+        return f"{NAMES[name]} ({FAMILIES[name]})" if name in NAMES else name
+
+    accuracy = ["| model | steps | kNN | linear | fine-tune 10 % | supervised | kNN − pixels |",
+                "|---" * 7 + "|", f"| raw pixels | | {100 * raw:.1f} | | | | |"]
+    other = ["| model | seeds | seconds | RankMe | α-ReQ |", "|---" * 5 + "|"]
+    for name, group in groups.items():
+        steps = "/".join(map(str, sorted({r["steps"] for r in group if "steps" in r and "knn" in r})))
+        gap = mean_sd([r["knn"] - raw for r in group if "knn" in r], 100.0)
+        accuracy.append(f"| {label(name)} | {steps} | {cell(group, 'knn')} | {cell(group, 'linear')} | "
+                        f"{cell(group, 'finetune10')} | {cell(group, 'test_acc')} | "
+                        f"{'+' + gap if gap and not gap.startswith('-') else gap} |")
+        seconds = [r["seconds"] for r in group if "seconds" in r]
+        if seconds or any("rankme" in r for r in group):
+            other.append(f"| {label(name)} | {len(group)} | {statistics.mean(seconds):.0f} | "
+                         if seconds else f"| {label(name)} | {len(group)} | | ")
+            other[-1] += f"{cell(group, 'rankme', 1.0)} | {cell(group, 'alpha', 1.0, 2)} |"
+    return "\n".join(accuracy) + "\n\n" + "\n".join(other)
 
 
 def main(argv=None):

@@ -4,11 +4,12 @@ One module per concern:
 
 - ``cookbook.data``      datasets as uint8 tensors (shapes, folder:PATH, cifar10)
 - ``cookbook.augment``   batched, on-device augmentations and presets
-- ``cookbook.models``    CIFAR ResNet-18 with a width multiplier, tiny ViT, heads
-- ``cookbook.methods``   SSL methods behind one interface (loss, representation, embedding)
+- ``cookbook.models``    CIFAR ResNet-18/ResNet-10 with a width multiplier, tiny ViT, heads
+- ``cookbook.methods``   SSL methods, one module per family (contrastive, distillation, cca, mim)
+- ``cookbook.recipes``   the CPU testbed: one measured recipe per method (the CLI's defaults)
 - ``cookbook.train``     ``fit``: optimiser, schedule, checkpoints, history
 - ``cookbook.distributed`` torchrun: process group, gather with gradients, batch shares
-- ``cookbook.evaluate``  features, kNN, linear probe
+- ``cookbook.evaluate``  features, kNN, linear probe, fine-tuning
 - ``cookbook.metrics``   RankMe, alpha-ReQ, collapse report
 - ``cookbook.experiment`` studies: train + evaluate a run, choose by a criterion
 - ``cookbook.plots``     spectra and metric-vs-accuracy figures

@@ -348,9 +348,10 @@ def train(args) -> dict:
     if args.method == "mae":  # MIM's own evaluation: fine-tune with 10 % of the labels, against scratch
         fine_tune = {"labelled_fraction": 0.1, "steps": 300, "batch_size": 128, "seed": args.seed}
         result["finetune10_test"] = evaluate.fine_tune(method.backbone, ds, **fine_tune)
-        torch.manual_seed(args.seed)
-        scratch = models.backbone(run["backbone"], width=run["width"], image_size=ds.image_size, **run["vit"])
-        result["finetune10_test_scratch"] = evaluate.fine_tune(scratch.to(history.device), ds, **fine_tune)
+        torch.manual_seed(args.seed)  # the same network, initialised as MAE initialises it, untrained
+        fresh = models.backbone(run["backbone"], width=run["width"], image_size=ds.image_size, **run["vit"])
+        scratch = methods.build(args.method, fresh, **opts).backbone.to(history.device)
+        result["finetune10_test_scratch"] = evaluate.fine_tune(scratch, ds, **fine_tune)
     result.update(wall_time_s=time.perf_counter() - t0, history=history.to_dict())
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
