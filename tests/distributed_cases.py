@@ -16,7 +16,6 @@ from pathlib import Path
 import cookbook  # noqa: F401  (before torch: OpenMP wait policy)
 import torch
 from torch import nn
-from torch.nn import functional as F
 from lightly.loss import BarlowTwinsLoss
 
 from cookbook import data, distributed, methods, models
