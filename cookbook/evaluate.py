@@ -24,6 +24,7 @@ Accuracies are fractions in [0, 1].
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import warnings
@@ -492,8 +493,6 @@ def fine_tune(backbone: nn.Module, dataset, *, labelled_fraction: float = 0.1, s
     Returns the test accuracy in [0, 1] (and the fine-tuned network
     ``nn.Sequential(backbone, head)`` when ``return_model``).
     """
-    import copy
-
     from cookbook import augment
     from cookbook.train import lr_at
 

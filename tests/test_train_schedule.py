@@ -60,3 +60,18 @@ def test_precision_on_cpu_is_fp32_and_explicit_requests_are_honoured(monkeypatch
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     assert train.select_precision(torch.device("cuda"), "bf16") == "bf16"  # asked for: honoured
     assert train.select_precision(torch.device("cuda"), "fp32") == "fp32"
+
+
+def test_fine_tune_copies_the_backbone_and_learns_from_labels(tiny_shapes):
+    from cookbook import evaluate
+
+    net = models.resnet10(2)
+    before = [p.clone() for p in net.parameters()]
+    torch.manual_seed(0)
+    acc, model = evaluate.fine_tune(net, tiny_shapes, labelled_fraction=1.0, steps=30, batch_size=32,
+                                    lr=3e-3, return_model=True)
+    assert 0.0 <= acc <= 1.0 and model[0] is not net
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))  # the caller's is untouched
+    assert any(not torch.equal(a, b) for a, b in zip(before, model[0].parameters()))  # the copy trained
+    with pytest.raises(ValueError, match="labelled_fraction"):
+        evaluate.fine_tune(net, tiny_shapes, labelled_fraction=0.0)
