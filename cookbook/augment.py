@@ -275,7 +275,8 @@ PRESETS = {"simclr": simclr, "byol": byol, "vicreg": vicreg, "dino": dino}
 
 
 def show_views(images: torch.Tensor, views: Views, n_images: int = 4, seed: int = 0):
-    """Draws a grid: one row per image, the original then each of its views.
+    """Draws a grid: one column per image, the original on top and each of its
+    views below, in the book's figure width (7.5 inches) with 10 pt labels.
 
     Args:
         images: uint8 ``(N, 3, H, W)``; the first ``n_images`` are shown.
@@ -289,14 +290,18 @@ def show_views(images: torch.Tensor, views: Views, n_images: int = 4, seed: int 
     x = images[:n_images].cpu()
     gen = torch.Generator().manual_seed(seed)
     out = views(x, gen)
-    cols = 1 + len(out)
-    fig, axes = plt.subplots(len(x), cols, figsize=(1.3 * cols, 1.3 * len(x)), squeeze=False)
-    for i in range(len(x)):
-        panels = [x[i].float() / 255] + [v[i] for v in out]
-        for j, img in enumerate(panels):
-            axes[i, j].imshow(img.permute(1, 2, 0).clamp(0, 1).numpy())
-            axes[i, j].set_axis_off()
-            if i == 0:
-                axes[i, j].set_title("original" if j == 0 else f"view {j}", fontsize=8)
-    fig.tight_layout()
+    rows = 1 + len(out)
+    side = min(7.5 / (len(x) + 0.6), 1.6)
+    fig, axes = plt.subplots(rows, len(x), figsize=(7.5, side * rows + 0.2), squeeze=False,
+                             layout="constrained")
+    for j in range(len(x)):
+        panels = [x[j].float() / 255] + [v[j] for v in out]
+        for i, img in enumerate(panels):
+            ax = axes[i, j]
+            ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            if j == 0:
+                ax.set_ylabel("original" if i == 0 else f"view {i}", fontsize=10)
     return fig

@@ -426,6 +426,41 @@ def factor_probe(train_features: torch.Tensor, train_values: torch.Tensor, test_
     return _r2(x_test, y_test, *_ridge(x, y, best))
 
 
+#: The ``shapes`` factors a probe can read: (name, circular). Rotation is left
+#: out: most shapes look the same after some rotations, so it is not a function
+#: of the image.
+FACTORS = (("hue", True), ("x", False), ("y", False), ("scale", False))
+
+
+def factor_probes(model: nn.Module, dataset, factors=FACTORS, which: str = "representation",
+                  seed: int = 0) -> dict:
+    """:func:`factor_probe` test R² of every factor in ``factors`` (``(name,
+    circular)`` pairs; default :data:`FACTORS`), from ``model``'s frozen
+    ``which`` features, as ``{name: R²}``. ``dataset.factors`` must hold
+    them (``shapes`` does); ValueError otherwise."""
+    known = (dataset.factors or {}).get("train", {})
+    missing = [name for name, _ in factors if name not in known]
+    if missing:
+        raise ValueError(f"dataset {dataset.name!r} has no factors {missing}; factor probes need a "
+                         f"dataset with known factors of variation, such as 'shapes'")
+    train_f, test_f = (features(model, dataset, split, which) for split in SPLITS)
+    return {name: factor_probe(train_f, dataset.factors["train"][name], test_f, dataset.factors["test"][name],
+                               circular=circular, seed=seed)
+            for name, circular in factors}
+
+
+def nearest_neighbours(bank: torch.Tensor, queries: torch.Tensor, k: int = 8) -> torch.Tensor:
+    """Indices (Q, k) into ``bank`` (N, D) of the ``k`` rows most cosine-similar to
+    each row of ``queries`` (Q, D), most similar first."""
+    if bank.ndim != 2 or queries.ndim != 2 or bank.shape[1] != queries.shape[1]:
+        raise ValueError(f"expected bank (N, D) and queries (Q, D), got {tuple(bank.shape)} and "
+                         f"{tuple(queries.shape)}")
+    if not 1 <= k <= len(bank):
+        raise ValueError(f"k must be in [1, {len(bank)}], got {k}")
+    similarity = F.normalize(queries.float(), dim=1) @ F.normalize(bank.float(), dim=1).T
+    return similarity.topk(k, dim=1).indices
+
+
 def evaluate_model(model: nn.Module, dataset, which: str = "representation", val_fraction: float = 0.1,
                    seed: int = 0, n_spectrum: int = 25_600, batch_size: int = 512) -> dict:
     """Every evaluation of one trained model, as a dict of floats.
@@ -434,6 +469,9 @@ def evaluate_model(model: nn.Module, dataset, which: str = "representation", val
       carved from the train split (stratified, seeded) — use this, and only
       this, to select hyper-parameters.
     - ``knn_test``: kNN fitted on the whole train split, scored on test.
+    - ``linear_val``: the probe's own validation accuracy (its best
+      hyper-parameters, on a split carved from train): the labelled way to
+      choose between models scored by ``linear_test``.
     - ``linear_test``: :func:`linear_probe` test accuracy.
     - ``rankme``: RankMe of the embeddings of ``n_spectrum`` (25,600, as in
       the paper) random training images, or all of them if fewer;
@@ -453,11 +491,14 @@ def evaluate_model(model: nn.Module, dataset, which: str = "representation", val
     train_f_dev, test_f_dev = train_f.to(knn_device), test_f.to(knn_device)
 
     fit_idx, val_idx = validation_split(train_y, val_fraction, seed)
+    probe = linear_probe(train_f, train_y, test_f, test_y, val_fraction=val_fraction, seed=seed,
+                         return_details=True)
     result = {
         "knn_val": knn_accuracy(train_f_dev[fit_idx.to(knn_device)], train_y[fit_idx],
                                 train_f_dev[val_idx.to(knn_device)], train_y[val_idx]),
         "knn_test": knn_accuracy(train_f_dev, train_y, test_f_dev, test_y),
-        "linear_test": linear_probe(train_f, train_y, test_f, test_y, val_fraction=val_fraction, seed=seed),
+        "linear_val": probe["val_accuracy"],
+        "linear_test": probe["test_accuracy"],
     }
     del train_f_dev, test_f_dev
 

@@ -8,10 +8,16 @@ rows for a table; :func:`choose` picks a run by a criterion, and
 :func:`selection_table` asks of a group of studies: had we chosen by RankMe,
 by α-ReQ or by validation labels, what test accuracy would we have got?
 
+A study may hold several runs per setting (one per seed): :func:`table`
+then shows mean ± sd over the seeds, :func:`mean_sd` gives the numbers, and
+:func:`selection_table` chooses within each seed and reports the regret.
+
 Criteria (:data:`CRITERIA`):
 
-- ``"knn_val"``: the highest kNN accuracy on a validation split carved from the
-  training labels. This is the labelled baseline; it never sees test labels.
+- ``"linear_val"``: the highest validation accuracy of the linear probe (on
+  a split carved from the training labels): the labelled baseline, scored
+  against the same probe's test accuracy. It never sees test labels.
+- ``"knn_val"``: the highest kNN accuracy on that validation split.
 - ``"rankme"``: the highest RankMe of the embedding (Garrido et al., 2023);
   ``"rankme_rep"``: of the representation. They differ when the projector
   changes: the embedding's rank is capped by the projector's output size.
@@ -34,20 +40,21 @@ from scipy.stats import spearmanr
 from cookbook import evaluate
 from cookbook.train import History, fit
 
-__all__ = ["CRITERIA", "COLUMNS", "Run", "run", "table", "table_rows", "choose", "selection_table", "spearman"]
+__all__ = ["CRITERIA", "COLUMNS", "Run", "run", "run_recipe", "references", "by_setting", "mean_sd", "table", "table_rows", "choose",
+           "selection_table", "factor_table", "spearman"]
 
-CRITERIA = ("knn_val", "rankme", "rankme_rep", "alpha")
+CRITERIA = ("linear_val", "knn_val", "rankme", "rankme_rep", "alpha")
 
 #: Column headers of :func:`table`, and how many decimals each keeps.
 #: Accuracies are shown in percent.
 COLUMNS = {
-    "knn_val": ("kNN val (%)", 1), "knn_test": ("kNN test (%)", 1), "linear_test": ("linear test (%)", 1),
-    "emb_knn_test": ("kNN test, projector output (%)", 1),
-    "emb_linear_test": ("linear test, projector output (%)", 1),
-    "rankme": ("RankMe (embedding)", 1), "rankme_rep": ("RankMe (representation)", 1), "alpha": ("α-ReQ", 2),
+    "knn_val": ("kNN val (%)", 1), "linear_val": ("linear val (%)", 1), "knn_test": ("kNN test (%)", 1), "linear_test": ("linear test (%)", 1),
+    "emb_knn_test": ("kNN test, after g (%)", 1),
+    "emb_linear_test": ("linear test, after g (%)", 1),
+    "rankme": ("RankMe", 1), "rankme_rep": ("RankMe (repr.)", 1), "alpha": ("α-ReQ", 2),
     "final_loss": ("final loss", 3), "steps": ("steps", 0), "train_s": ("train (s)", 0),
 }
-_PERCENT = ("knn_val", "knn_test", "linear_test", "emb_knn_test", "emb_linear_test")
+_PERCENT = ("knn_val", "linear_val", "knn_test", "linear_test", "emb_knn_test", "emb_linear_test")
 
 
 @dataclass
@@ -59,8 +66,8 @@ class Run:
     representation; ``rankme`` of the embedding, ``rankme_rep`` of the
     representation), plus ``emb_knn_test`` and ``emb_linear_test`` for the
     projector's output when :func:`run` was asked for them. ``setting`` is the
-    value the study varies (a number or a label), ``seconds`` the training wall
-    time and ``eval_seconds`` the evaluation's.
+    value the study varies (a number or a label), ``seed`` the training seed,
+    ``seconds`` the training wall time and ``eval_seconds`` the evaluation's.
     """
 
     name: str
@@ -69,6 +76,7 @@ class Run:
     history: History
     metrics: dict = field(default_factory=dict)
     eval_seconds: float = 0.0
+    seed: int = 0
 
     @property
     def seconds(self) -> float:
@@ -82,7 +90,8 @@ class Run:
 
     def row(self) -> dict:
         """A flat dict for a table: name, setting, the metrics, steps, final loss, seconds."""
-        return {"run": self.name, "setting": self.setting, **self.metrics, "steps": self.history.steps,
+        return {"run": self.name, "setting": self.setting, "seed": self.seed, **self.metrics,
+                "steps": self.history.steps,
                 "final_loss": self.history.final_loss, "train_s": self.seconds, "eval_s": self.eval_seconds}
 
 
@@ -106,7 +115,7 @@ def run(name: str, method, dataset, *, setting=None, embedding: bool = False, lo
         scores["emb_knn_test"] = evaluate.knn_accuracy(train_e, dataset.train_y, test_e, dataset.test_y)
         scores["emb_linear_test"] = evaluate.linear_probe(train_e, dataset.train_y, test_e, dataset.test_y)
     result = Run(name, name if setting is None else setting, method, history, scores,
-                 time.perf_counter() - start)
+                 time.perf_counter() - start, fit_options.get("seed", 0))
     if log:
         print(f"{name:<24} kNN val {scores['knn_val']:.3f}  kNN test {scores['knn_test']:.3f}  "
               f"linear {scores['linear_test']:.3f}  RankMe {scores['rankme']:6.1f}  alpha {scores['alpha']:.2f}  "
@@ -114,28 +123,160 @@ def run(name: str, method, dataset, *, setting=None, embedding: bool = False, lo
     return result
 
 
+def run_recipe(recipe, dataset, *, seed: int = 0, setting=None, name: str | None = None,
+               embedding: bool = False, device=None, log: bool = True, **method_options) -> Run:
+    """Trains a fresh model with a :class:`cookbook.recipes.Recipe` and evaluates it (:func:`run`).
+
+    ``torch.manual_seed(seed)`` comes first, so every run of one architecture
+    and seed starts from the same weights; ``seed`` also drives the batch
+    order and the augmentations. ``method_options`` override the recipe's
+    method options (``temperature=0.2``); change anything else with
+    ``recipe.with_(steps=..., lr=..., views=...)``. The model is built for
+    ``dataset``'s image size.
+    """
+    torch.manual_seed(seed)
+    method = recipe.build(dataset.image_size, **method_options)
+    views = recipe.make_views(method, dataset.image_size)
+    return run(name or recipe.method, method, dataset, setting=setting, embedding=embedding, log=log,
+               views=views, device=device, seed=seed, **recipe.fit_options())
+
+
+def references(recipe, dataset, *, seeds=(0,), ceiling_steps: int | None = None, device=None,
+               log: bool = True) -> list[Run]:
+    """The floors and the ceiling every accuracy is read against, as runs.
+
+    For each seed, three runs evaluated like any trained model
+    (:func:`cookbook.evaluate.evaluate_model`), with settings named
+    ``"raw pixels"`` (the flattened images themselves), ``"untrained"``
+    (``recipe``'s network at its seeded initial weights) and
+    ``"supervised"`` (that network trained end to end with cross-entropy on
+    every training label, :func:`cookbook.evaluate.fine_tune` with
+    ``labelled_fraction=1`` for ``ceiling_steps`` steps, default the recipe's,
+    of the recipe's batch size; then frozen and probed like the others). The
+    supervised runs also hold ``end_to_end_test``: the test accuracy of the
+    network's own classifier. Training a ceiling costs about half an SSL run
+    of the same steps (one view per image).
+    """
+    from torch import nn
+
+    from cookbook.methods import Method
+
+    runs = []
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    steps = ceiling_steps or recipe.steps
+    for seed in seeds:
+        torch.manual_seed(seed)
+        untrained = recipe.build(dataset.image_size).to(device)
+        start = time.perf_counter()
+        accuracy, model = evaluate.fine_tune(untrained.backbone, dataset, labelled_fraction=1.0, steps=steps,
+                                             batch_size=recipe.batch_size, seed=seed, device=device,
+                                             return_model=True)
+        seconds = time.perf_counter() - start
+        supervised = Method(model[0])
+        for setting, method, wall in (("raw pixels", Method(nn.Flatten()), 0.0), ("untrained", untrained, 0.0),
+                                      ("supervised", supervised, seconds)):
+            scores = evaluate.evaluate_model(method, dataset, seed=seed)
+            if setting == "supervised":
+                scores["end_to_end_test"] = accuracy
+            history = History(steps=steps if setting == "supervised" else 0, wall_time_s=wall)
+            runs.append(Run(setting, setting, method, history, scores, seed=seed))
+            if log:
+                print(f"{setting:<12} seed {seed}  kNN test {scores['knn_test']:.3f}  linear "
+                      f"{scores['linear_test']:.3f}  RankMe {scores['rankme']:6.1f}  alpha "
+                      f"{scores['alpha']:.2f}", flush=True)
+    return runs
+
+
 def table_rows(runs: list[Run]) -> list[dict]:
     """``[r.row() for r in runs]``: feed it to ``pandas.DataFrame``."""
     return [r.row() for r in runs]
 
 
+def by_setting(runs: list[Run]) -> dict:
+    """``{setting: [runs of that setting]}``, settings in their first-seen order."""
+    groups: dict = {}
+    for r in runs:
+        groups.setdefault(r.setting, []).append(r)
+    return groups
+
+
+def _value(run: Run, key: str) -> float:
+    row = run.row()
+    if key not in row:
+        raise ValueError(f"runs have no {key!r}; they have {', '.join(map(str, row))}")
+    return float(row[key])
+
+
+def mean_sd(runs: list[Run], key: str) -> tuple[float, float, int]:
+    """(mean, sample standard deviation, n) of ``key`` over ``runs`` (e.g. the
+    seeds of one setting), in the metric's own units (accuracies as fractions).
+    The sd of a single run is NaN: one seed says nothing about the spread."""
+    if not runs:
+        raise ValueError("mean_sd needs at least one run")
+    return (*_mean_sd_of([_value(r, key) for r in runs]), len(runs))
+
+
+def _format(mean: float, sd: float, decimals: int) -> str:
+    text = f"{mean:.{decimals}f}"
+    return text if math.isnan(sd) else f"{text} ± {sd:.{decimals}f}"
+
+
 def table(runs: list[Run], columns=("knn_val", "knn_test", "linear_test", "rankme", "alpha", "train_s"),
           index: str = "setting"):
-    """A pandas DataFrame of ``runs``, one row each, indexed by ``index``
-    ("setting" or "run"), with the ``columns`` of :data:`COLUMNS`: accuracies
-    in percent and every value rounded to the precision a single run supports."""
+    """A pandas DataFrame of ``runs`` with the ``columns`` of :data:`COLUMNS`,
+    accuracies in percent.
+
+    With one run per setting: one row each, indexed by ``index`` ("setting"
+    or "run"), every value rounded to the precision a single run supports.
+    With several runs of a setting (its seeds, ``index="setting"``): one row
+    per setting, each cell the text "mean ± sd" over the seeds (sample sd),
+    and a first column "seeds" with their number. The index's name is put in
+    the corner (``rename_axis``), so pandas prints no empty header row.
+    """
     import pandas as pd
 
     unknown = [c for c in columns if c not in COLUMNS]
     if unknown:
         raise ValueError(f"unknown columns {unknown}; choose from {', '.join(COLUMNS)}")
-    frame = pd.DataFrame(table_rows(runs)).set_index(index)
-    frame = frame[list(columns)].astype(float)
-    for key in columns:
-        decimals = COLUMNS[key][1]
-        values = frame[key] * (100 if key in _PERCENT else 1)
-        frame[key] = values.round(decimals).astype(int) if decimals == 0 else values.round(decimals)
-    return frame.rename(columns={key: COLUMNS[key][0] for key in columns})
+    if not runs:
+        raise ValueError("table needs at least one run")
+    groups = by_setting(runs) if index == "setting" else {r.name: [r] for r in runs}
+    if all(len(g) == 1 for g in groups.values()):
+        frame = pd.DataFrame(table_rows(runs)).set_index(index)
+        frame = frame[list(columns)].astype(float)
+        for key in columns:
+            decimals = COLUMNS[key][1]
+            values = frame[key] * (100 if key in _PERCENT else 1)
+            frame[key] = values.round(decimals).astype(int) if decimals == 0 else values.round(decimals)
+        frame = frame.rename(columns={key: COLUMNS[key][0] for key in columns})
+    else:
+        rows = {}
+        for setting, group in groups.items():
+            row = {"seeds": len(group)}
+            for key in columns:
+                mean, sd, _ = mean_sd(group, key)
+                scale = 100 if key in _PERCENT else 1
+                row[COLUMNS[key][0]] = _format(scale * mean, scale * sd, COLUMNS[key][1])
+            rows[setting] = row
+        frame = pd.DataFrame.from_dict(rows, orient="index")
+    return frame.rename_axis(index=None, columns=index)
+
+
+def factor_table(groups: dict, dataset, factors=evaluate.FACTORS):
+    """What each model kept of the nuisance factors: a DataFrame with one row
+    per ``{name: runs}`` of ``groups`` and, as "mean ± sd" over the runs
+    (seeds), the test R² of a ridge probe for each factor
+    (:func:`cookbook.evaluate.factor_probes`) and the linear probe's test
+    accuracy on the class ("class (%)")."""
+    import pandas as pd
+
+    rows = {}
+    for name, runs in groups.items():
+        probes = [evaluate.factor_probes(r.method, dataset, factors, seed=r.seed) for r in runs]
+        row = {f"{factor} R²": _format(*_mean_sd_of([p[factor] for p in probes]), 2) for factor, _ in factors}
+        row["class (%)"] = _format(*[100 * v for v in _mean_sd_of([r.metrics["linear_test"] for r in runs])], 1)
+        rows[name] = row
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(index=None, columns="model")
 
 
 def _score(metrics: dict, criterion: str) -> float:
@@ -148,33 +289,58 @@ def _score(metrics: dict, criterion: str) -> float:
 def choose(runs: list[Run], criterion: str) -> Run:
     """The run that ``criterion`` (one of :data:`CRITERIA`) prefers.
 
-    Highest ``knn_val``, highest ``rankme`` / ``rankme_rep``, or ``alpha``
-    closest to 1; runs whose criterion is NaN are never chosen unless all are.
-    Ties go to the earlier run.
+    Highest ``linear_val`` / ``knn_val``, highest ``rankme`` / ``rankme_rep``,
+    or ``alpha`` closest to 1; runs whose criterion is NaN are never chosen
+    unless all are. Ties go to the earlier run.
     """
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     if not runs:
         raise ValueError("choose() needs at least one run")
+    missing = [r.name for r in runs if criterion not in r.metrics]
+    if missing:
+        raise ValueError(f"runs {missing} have no {criterion!r} metric; evaluate them with "
+                         "cookbook.evaluate.evaluate_model")
     return max(runs, key=lambda r: _score(r.metrics, criterion))
 
 
-def selection_table(studies: dict[str, list[Run]], report: str = "linear_test") -> list[dict]:
-    """For each study and each criterion: the chosen setting and its ``report``
-    accuracy, beside the best and the worst ``report`` of the study.
+def selection_table(studies: dict[str, list[Run]], report: str = "linear_test",
+                    criteria: tuple[str, ...] = CRITERIA) -> list[dict]:
+    """Had we chosen each study's setting by a criterion, what would we have got?
 
-    The best is hindsight (it looks at the test split) and only measures how
-    much a criterion leaves on the table; no criterion here sees test labels.
+    A study is a list of runs that differ in one setting, with one run per
+    setting and seed. Each seed is a replication of the whole study: within
+    the runs of one seed, each criterion of ``criteria`` picks a run
+    (:func:`choose`), and its *regret* is the best ``report`` accuracy of that
+    seed's runs minus the picked run's. The best is hindsight (it looks at
+    the test split); it only measures what a criterion leaves on the table.
+
+    One row per study and criterion: ``picks`` (the setting chosen in each
+    seed, in seed order), ``report`` and ``regret`` as (mean, sd) over the
+    seeds, and ``seeds``. Accuracies are fractions in [0, 1].
     """
     rows = []
     for study, runs in studies.items():
-        values = [r.metrics[report] for r in runs]
-        for criterion in CRITERIA:
-            chosen = choose(runs, criterion)
-            rows.append({"study": study, "chosen by": criterion, "setting": chosen.setting,
-                         report: chosen.metrics[report], f"best {report}": max(values),
-                         f"worst {report}": min(values)})
+        seeds = sorted({r.seed for r in runs})
+        per_seed = {s: [r for r in runs if r.seed == s] for s in seeds}
+        for criterion in criteria:
+            picks, accuracy, regret = [], [], []
+            for s in seeds:
+                chosen = choose(per_seed[s], criterion)
+                best = max(r.metrics[report] for r in per_seed[s])
+                picks.append(chosen.setting)
+                accuracy.append(chosen.metrics[report])
+                regret.append(best - chosen.metrics[report])
+            rows.append({"study": study, "chosen by": criterion, "picks": picks, "seeds": len(seeds),
+                         report: _mean_sd_of(accuracy), "regret": _mean_sd_of(regret)})
     return rows
+
+
+def _mean_sd_of(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def spearman(x, y) -> float:

@@ -25,7 +25,10 @@ The plotting functions:
 - :func:`plot_metric_vs_accuracy`: does a label-free metric rank models like
   their accuracy does? Scatter with Spearman's rank correlation ρ.
 - :func:`plot_study`: one study (a sweep of one setting): accuracies in one
-  panel, RankMe in a second, against the setting.
+  panel, RankMe in a second, against the setting; seeds as error bars.
+- :func:`plot_loss_curves`: training losses per method, with the chance level.
+- :func:`plot_retrieval`: query images and their nearest neighbours.
+- :func:`plot_map`: a 2-D map (t-SNE) coloured by class and by a nuisance factor.
 
 Each takes data (torch tensors, numpy arrays, lists, dicts) and an optional
 matplotlib ``ax``, draws on it (or on a new figure of the house style) and
@@ -50,7 +53,8 @@ from cookbook.experiment import spearman
 __all__ = [
     "COLORS", "COLUMN_PX", "DPI", "FIGURE_WIDTH", "MIN_TEXT_PT", "REFERENCE_STYLES", "RC", "color",
     "display_scale", "figure", "legend_outside", "plot_eigenspectrum", "plot_metric_vs_accuracy",
-    "plot_singular_values", "plot_study", "reference_lines", "study_colors", "style", "use_style",
+    "plot_comparison", "plot_loss_curves", "plot_map", "plot_retrieval", "plot_singular_values", "plot_study",
+    "reference_lines", "study_colors", "style", "use_style",
 ]
 
 #: Width of the book's content column in a 1366 px wide window, in CSS px
@@ -395,16 +399,33 @@ def _method_color(runs) -> str | None:
     return None
 
 
+def _mean_sd(runs, key: str, scale: float = 1.0) -> tuple[float, float]:
+    values = [scale * float(r.metrics[key]) for r in runs]
+    mean = float(np.mean(values))
+    return mean, float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _mean_line(ax, x, mean_sd, **style):
+    """Means joined by a line, with error bars (one sd) only where a setting has seeds."""
+    mean, sd = np.array(mean_sd, dtype=float).reshape(-1, 2).T
+    if np.any(sd > 0):
+        return ax.errorbar(x, mean, yerr=sd, capsize=3, zorder=3, **style)
+    return ax.plot(x, mean, zorder=3, **style)
+
+
 def plot_study(runs, accuracies=("knn_test", "linear_test"), xlabel: str = "setting", log_x: bool = False,
                title: str | None = None, ax=None, references: dict | None = None):
     """One study in two panels: accuracies (%, left) and RankMe (right) against the setting.
 
     runs: :class:`cookbook.experiment.Run` objects (or anything with
-    ``.setting`` and a ``.metrics`` dict), in the order to draw. Numeric
-    settings are placed by value (``log_x`` for a log axis), others evenly,
-    in the given order. The lines take the colour of the runs' method
-    (:data:`COLORS`) and a marker and line style per accuracy. references:
-    keyword arguments of :func:`reference_lines`, in % (e.g.
+    ``.setting`` and a ``.metrics`` dict), in the order to draw; or a dict
+    ``{series name: runs}`` to draw several variants of a study (one colour
+    each, :func:`study_colors`). Runs that share a setting (its seeds) are
+    drawn as their mean with an error bar of one sample standard deviation.
+    Numeric settings are placed by value (``log_x`` for a log axis), others
+    evenly, in first-seen order. A single series takes the colour of its
+    method (:data:`COLORS`); each accuracy has its marker and line style.
+    references: keyword arguments of :func:`reference_lines`, in % (e.g.
     ``{"chance": 10, "raw_pixels": 31.2}``). ax: None (a new figure), or a
     pair of Axes (accuracy, RankMe). The legend sits below the panels.
     Returns the accuracy Axes; ``ax.figure.axes`` holds both panels.
@@ -417,28 +438,42 @@ def plot_study(runs, accuracies=("knn_test", "linear_test"), xlabel: str = "sett
         except (TypeError, ValueError):
             raise ValueError("plot_study draws two panels: pass ax=(accuracy_axes, rankme_axes), "
                              "e.g. from plots.figure(ncols=2), or leave ax=None") from None
-    if not runs:
+    series = runs if isinstance(runs, dict) else {None: runs}
+    if not series or not all(series.values()):
         raise ValueError("plot_study needs at least one run")
-    settings = [r.setting for r in runs]
-    numeric = all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in settings)
-    x = np.asarray(settings, dtype=float) if numeric else np.arange(len(settings))
-    colour = _method_color(runs) or STUDY_PALETTE[0]
-    for key in accuracies:
-        label, marker, linestyle = _MEASURES.get(key, (key, "o", "-"))
-        projector = key.startswith("emb_")  # the projector's output: a lighter line, open markers
-        ax.plot(x, [100 * r.metrics[key] for r in runs], marker=marker, linestyle=linestyle,
-                color=colour, alpha=0.6 if projector else 1.0,
-                markerfacecolor="white" if projector else colour, label=label, zorder=3)
+    all_settings = list(dict.fromkeys(r.setting for group in series.values() for r in group))
+    numeric = all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in all_settings)
+    if numeric:
+        all_settings = sorted(all_settings)
+    position = {s: (float(s) if numeric else i) for i, s in enumerate(all_settings)}
+    colours = study_colors([str(name) for name in series]) if len(series) > 1 else {}
+    for name, group_runs in series.items():
+        groups: dict = {}
+        for r in group_runs:
+            groups.setdefault(r.setting, []).append(r)
+        if numeric:
+            groups = dict(sorted(groups.items()))
+        x = np.array([position[s] for s in groups])
+        colour = colours.get(str(name)) or _method_color(group_runs) or STUDY_PALETTE[0]
+        for key in accuracies:
+            label, marker, linestyle = _MEASURES.get(key, (key, "o", "-"))
+            if name is not None:
+                label = str(name) if len(accuracies) == 1 else f"{name}, {label}"
+            projector = key.startswith("emb_")  # the projector's output: lighter, open markers
+            _mean_line(ax, x, [_mean_sd(g, key, 100) for g in groups.values()], marker=marker,
+                       linestyle=linestyle, color=colour, alpha=0.6 if projector else 1.0,
+                       markerfacecolor="white" if projector else colour, label=label)
+        _mean_line(rank_ax, x, [_mean_sd(g, "rankme") for g in groups.values()], marker="o", color=colour)
     reference_lines(ax, **(references or {}))
-    rank_ax.plot(x, [r.metrics["rankme"] for r in runs], marker="o", color=colour, zorder=3)
+    ticks = [position[s] for s in all_settings]
     for panel in (ax, rank_ax):
         if log_x:
             panel.set_xscale("log")
         if numeric:
-            panel.set_xticks(x, [f"{s:g}" for s in settings])
+            panel.set_xticks(ticks, [f"{s:g}" for s in all_settings])
             panel.minorticks_off()
         else:
-            panel.set_xticks(x, [str(s) for s in settings], rotation=30, ha="right")
+            panel.set_xticks(ticks, [str(s) for s in all_settings], rotation=30, ha="right")
         panel.set_xlabel(xlabel)
     ax.set_ylabel("accuracy (%)")
     ax.set_title("accuracy")
@@ -448,3 +483,150 @@ def plot_study(runs, accuracies=("knn_test", "linear_test"), xlabel: str = "sett
     if title:
         ax.figure.suptitle(title)
     return ax
+
+
+def plot_loss_curves(histories: dict, chance: dict | None = None, ylabel: str = "loss (mean over an epoch)"):
+    """Training loss against optimiser steps, one panel per method.
+
+    histories: ``{method name: [History, ...]}`` (one per seed; each drawn as
+    its own thin line). chance: ``{method name: loss of an encoder that has
+    learnt nothing}``, drawn as a dotted line in that method's panel. Panels
+    share no y axis: the losses of different methods have different scales.
+    Returns the figure.
+    """
+    if not histories:
+        raise ValueError("plot_loss_curves needs at least one method")
+    n = len(histories)
+    ncols = 2 if n > 1 else 1
+    nrows = math.ceil(n / ncols)
+    fig, axes = figure(ncols=ncols, nrows=nrows, height=2.6 * nrows, squeeze=False)
+    for ax, (name, runs) in zip(axes.flat, histories.items()):
+        for h in runs:
+            per_epoch = max(h.steps / max(len(h.epochs), 1), 1)
+            steps = [min((e["epoch"] - h.start_epoch) * per_epoch, h.steps) for e in h.epochs]
+            ax.plot(steps, [e["loss"] for e in h.epochs], color=color(name), alpha=0.8,
+                    marker="o" if len(steps) < 3 else None)
+        if chance and name in chance:
+            ax.axhline(chance[name], **_reference_style("chance"), label=f"chance ({chance[name]:.2f})")
+            ax.legend(loc="upper right")
+        ax.set_title(name)
+        ax.set_xlabel("optimiser step")
+
+    for row in axes:
+        row[0].set_ylabel(ylabel)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    return fig
+
+
+def _reference_style(key: str) -> dict:
+    _, colour, linestyle = REFERENCE_STYLES[key]
+    return {"color": colour, "linestyle": linestyle, "linewidth": 1.2, "zorder": 1}
+
+
+def plot_retrieval(queries, neighbours, query_labels=None, neighbour_labels=None, class_names=None):
+    """A retrieval grid: each row a query image, then its nearest neighbours.
+
+    queries: uint8 or float images (Q, 3, H, W); neighbours: (Q, K, 3, H, W).
+    Labels (class indices) are printed under the images, and a neighbour
+    whose class differs from its query's is framed in red. Returns the figure.
+    """
+    queries, neighbours = torch.as_tensor(queries), torch.as_tensor(neighbours)
+    if neighbours.ndim != 5 or queries.ndim != 4 or len(neighbours) != len(queries):
+        raise ValueError(f"expected queries (Q, 3, H, W) and neighbours (Q, K, 3, H, W), got "
+                         f"{tuple(queries.shape)} and {tuple(neighbours.shape)}")
+    q, k = neighbours.shape[:2]
+    size = FIGURE_WIDTH / (k + 1.3)
+    fig, axes = plt.subplots(q, k + 1, figsize=(FIGURE_WIDTH, size * q * 1.25), squeeze=False,
+                             gridspec_kw={"width_ratios": [1.3] + [1] * k})
+
+    def show(ax, image, label, wrong=False):
+        image = image.float() / 255 if not image.is_floating_point() else image
+        ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+        for side in ax.spines.values():
+            side.set_visible(True)
+            side.set_color("#d62728" if wrong else "0.7")
+            side.set_linewidth(2.5 if wrong else 0.8)
+        if label is not None:
+            ax.set_xlabel(class_names[label] if class_names else str(label), labelpad=2)
+
+    for i in range(q):
+        ql = None if query_labels is None else int(query_labels[i])
+        show(axes[i, 0], queries[i], ql)
+        for j in range(k):
+            nl = None if neighbour_labels is None else int(neighbour_labels[i][j])
+            show(axes[i, j + 1], neighbours[i, j], nl, wrong=ql is not None and nl is not None and nl != ql)
+    axes[0, 0].set_title("query")
+    axes[0, 1].set_title("nearest neighbours →", loc="left")
+    return fig
+
+
+def plot_map(points, colour_by: dict, titles: dict | None = None, class_names=None):
+    """A 2-D map of a representation (e.g. t-SNE), one panel per colouring.
+
+    points: (N, 2). colour_by: ``{panel name: values (N,)}``; integer values
+    are classes (a categorical palette and a legend with ``class_names``),
+    float values a continuous factor (a colour bar; hue gets a circular
+    colour map). Returns the figure.
+    """
+    points = np.asarray(points)
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise ValueError(f"points must be (N, 2), got {points.shape}")
+    fig, axes = figure(ncols=len(colour_by), height=3.6, squeeze=False)
+    for ax, (name, values) in zip(axes.flat, colour_by.items()):
+        values = np.asarray(values)
+        if len(values) != len(points):
+            raise ValueError(f"{name}: {len(values)} values for {len(points)} points")
+        if np.issubdtype(values.dtype, np.integer):
+            palette = plt.get_cmap("tab10")
+            for c in np.unique(values):
+                mask = values == c
+                ax.scatter(*points[mask].T, s=4, color=palette(int(c) % 10),
+                           label=class_names[c] if class_names else str(c), rasterized=True)
+            legend_outside(ax, where="below", ncols=4, markerscale=3)
+        else:
+            cmap = "hsv" if name.lower().startswith("hue") else "viridis"
+            mapped = ax.scatter(*points.T, s=4, c=values, cmap=cmap, rasterized=True)
+            fig.colorbar(mapped, ax=ax, shrink=0.8, label=name)
+        ax.set_title((titles or {}).get(name, name))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+        for side in ax.spines.values():
+            side.set_visible(False)
+    return fig
+
+
+def plot_comparison(runs, accuracies=("knn_test", "linear_test"), references: dict | None = None):
+    """Methods side by side, one panel per accuracy: a bar per method (its
+    runs' ``setting``) at the mean over its runs (seeds), an error bar of one
+    sample sd, and each seed as a dot.
+
+    references: ``{accuracy key: keyword arguments of reference_lines}`` in %,
+    drawn across that accuracy's panel and named in a legend below the
+    panels. Returns the figure.
+    """
+    if not runs:
+        raise ValueError("plot_comparison needs at least one run")
+    groups: dict = {}
+    for r in runs:
+        groups.setdefault(r.setting, []).append(r)
+    fig, axes = figure(ncols=len(accuracies), height=3.4, squeeze=False, sharey=True)
+    for ax, key in zip(axes.flat, accuracies):
+        for i, (name, group) in enumerate(groups.items()):
+            mean, sd = _mean_sd(group, key, 100)
+            ax.bar(i, mean, 0.7, yerr=sd, capsize=3, color=color(str(name)), zorder=2)
+            ax.scatter([i] * len(group), [100 * float(r.metrics[key]) for r in group], s=10,
+                       color="black", zorder=3)
+        reference_lines(ax, **((references or {}).get(key) or {}))
+        ax.set_xticks(range(len(groups)), [str(g) for g in groups], rotation=20, ha="right")
+        ax.set_title(_MEASURES.get(key, (key,))[0])
+        ax.grid(axis="x", visible=False)
+    axes.flat[0].set_ylabel("test accuracy (%)")
+    handles, labels = axes.flat[0].get_legend_handles_labels()  # the values differ by panel
+    legend_outside(axes.flat[0], handles, [label.split(" (")[0] for label in labels], where="below",
+                   figure_wide=True)
+    return fig

@@ -10,10 +10,12 @@ from cookbook.experiment import Run
 from cookbook.train import History
 
 
-def fake_run(setting, knn_val, rankme, alpha, linear_test, rankme_rep=None):
+def fake_run(setting, knn_val, rankme, alpha, linear_test, rankme_rep=None, seed=0, linear_val=None):
     metrics = {"knn_val": knn_val, "knn_test": knn_val, "linear_test": linear_test, "rankme": rankme,
-               "rankme_rep": rankme if rankme_rep is None else rankme_rep, "alpha": alpha}
-    return Run(str(setting), setting, torch.nn.Identity(), History(steps=10, wall_time_s=1.5), metrics)
+               "rankme_rep": rankme if rankme_rep is None else rankme_rep, "alpha": alpha,
+               "linear_val": knn_val if linear_val is None else linear_val}
+    return Run(str(setting), setting, torch.nn.Identity(), History(steps=10, wall_time_s=1.5), metrics,
+               seed=seed)
 
 
 @pytest.fixture
@@ -38,13 +40,54 @@ def test_choose_skips_nan_and_rejects_bad_input(study):
         experiment.choose([], "rankme")
 
 
-def test_selection_table_reports_the_choice_and_the_range(study):
+def test_selection_table_reports_the_choice_and_its_regret(study):
     rows = experiment.selection_table({"temperature": study})
     assert [r["chosen by"] for r in rows] == list(experiment.CRITERIA)
     by = {r["chosen by"]: r for r in rows}
-    assert by["knn_val"]["linear_test"] == 0.55 and by["rankme"]["linear_test"] == 0.45
-    assert by["alpha"]["setting"] == 1.0
-    assert all(r["best linear_test"] == 0.55 and r["worst linear_test"] == 0.35 for r in rows)
+    assert by["knn_val"]["picks"] == [0.2] and by["knn_val"]["linear_test"][0] == 0.55
+    assert by["rankme"]["linear_test"][0] == 0.45 and by["rankme"]["regret"][0] == pytest.approx(0.10)
+    assert by["alpha"]["picks"] == [1.0] and by["alpha"]["regret"][0] == pytest.approx(0.20)
+    assert by["knn_val"]["regret"] == (0.0, pytest.approx(float("nan"), nan_ok=True))
+    assert all(r["seeds"] == 1 and r["study"] == "temperature" for r in rows)
+
+
+def test_selection_table_chooses_within_each_seed():
+    # seed 0: RankMe picks the best setting (regret 0); seed 1: it picks the worst (regret 0.3)
+    runs = [fake_run("a", 0.5, 10.0, 2.0, 0.6, seed=0), fake_run("b", 0.4, 20.0, 2.0, 0.7, seed=0),
+            fake_run("a", 0.5, 30.0, 2.0, 0.4, seed=1), fake_run("b", 0.6, 20.0, 2.0, 0.7, seed=1)]
+    (rankme,) = experiment.selection_table({"s": runs}, criteria=("rankme",))
+    assert rankme["picks"] == ["b", "a"] and rankme["seeds"] == 2
+    assert rankme["linear_test"][0] == pytest.approx(0.55)
+    assert rankme["regret"][0] == pytest.approx(0.15)
+    assert rankme["regret"][1] == pytest.approx(math.sqrt(2 * 0.15 ** 2))
+    (probe,) = experiment.selection_table({"s": runs}, criteria=("linear_val",))
+    assert probe["picks"] == ["a", "b"] and probe["regret"][0] == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="no 'linear_val'"):
+        del runs[0].metrics["linear_val"]
+        experiment.selection_table({"s": runs}, criteria=("linear_val",))
+
+
+def test_mean_sd_and_by_setting():
+    runs = [fake_run(0.1, 0.2, 1.0, 1.0, 0.5, seed=s) for s in range(3)]
+    runs[1].metrics["knn_test"], runs[2].metrics["knn_test"] = 0.4, 0.6
+    mean, sd, n = experiment.mean_sd(runs, "knn_test")
+    assert (mean, n) == (pytest.approx(0.4), 3) and sd == pytest.approx(0.2)
+    assert math.isnan(experiment.mean_sd(runs[:1], "knn_test")[1])
+    assert experiment.mean_sd(runs, "steps")[0] == 10
+    with pytest.raises(ValueError, match="no 'accuracy'"):
+        experiment.mean_sd(runs, "accuracy")
+    groups = experiment.by_setting([fake_run("b", 0, 0, 0, 0), fake_run("a", 0, 0, 0, 0), fake_run("b", 0, 0, 0, 0)])
+    assert list(groups) == ["b", "a"] and len(groups["b"]) == 2
+
+
+def test_table_with_seeds_shows_mean_and_sd_per_setting():
+    runs = [fake_run(tau, 0.5 + 0.1 * seed, 10.0 * (seed + 1), 2.0, 0.5, seed=seed)
+            for tau in (0.1, 0.5) for seed in range(3)]
+    frame = experiment.table(runs, columns=("knn_test", "rankme"))
+    assert list(frame.index) == [0.1, 0.5] and frame.columns.name == "setting" and frame.index.name is None
+    assert list(frame.columns) == ["seeds", "kNN test (%)", "RankMe"]
+    assert frame.loc[0.1, "kNN test (%)"] == "60.0 ± 10.0" and frame.loc[0.5, "RankMe"] == "20.0 ± 10.0"
+    assert (frame["seeds"] == 3).all()
 
 
 def test_spearman():
@@ -58,7 +101,7 @@ def test_spearman():
 
 def test_table_in_percent_and_rounded(study):
     frame = experiment.table(study, columns=("knn_test", "rankme", "alpha", "train_s"))
-    assert list(frame.columns) == ["kNN test (%)", "RankMe (embedding)", "α-ReQ", "train (s)"]
+    assert list(frame.columns) == ["kNN test (%)", "RankMe", "α-ReQ", "train (s)"]
     assert list(frame.index) == [0.1, 0.2, 0.5, 1.0]
     assert frame.loc[0.2, "kNN test (%)"] == 50.0 and frame.loc[0.1, "train (s)"] == 2
     with pytest.raises(ValueError, match="unknown columns"):
@@ -78,8 +121,8 @@ def test_run_trains_and_evaluates_backbone_and_projector():
     r = experiment.run("tiny", methods.SimCLR(models.resnet18(2)), ds, setting=0.5, embedding=True, log=False,
                        epochs=1, batch_size=32, device="cpu")
     assert r.setting == 0.5 and r.history.steps == 4 and r.seconds > 0
-    assert set(r.metrics) == {"knn_val", "knn_test", "linear_test", "rankme", "rankme_rep", "alpha",
-                              "emb_knn_test", "emb_linear_test"}
+    assert set(r.metrics) == {"knn_val", "knn_test", "linear_val", "linear_test", "rankme", "rankme_rep",
+                              "alpha", "emb_knn_test", "emb_linear_test"}
     assert all(0 <= r.metrics[k] <= 1 for k in ("knn_val", "knn_test", "emb_linear_test"))
     assert 1 <= r.metrics["rankme"] <= 128 and 1 <= r.metrics["rankme_rep"] <= r.method.backbone.dim
     row = r.row()
