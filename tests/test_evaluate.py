@@ -186,17 +186,20 @@ def test_evaluate_model_returns_floats_and_nan_alpha_for_small_dimension():
     model, data = TinyModel(), tiny_dataset()
     with pytest.warns(UserWarning, match="alpha"):
         result = evaluate.evaluate_model(model, data, val_fraction=0.25)
-    assert set(result) == {"knn_val", "knn_test", "linear_test", "rankme", "rankme_rep", "alpha"}
+    assert set(result) == {"knn_val", "knn_test", "linear_val", "linear_test", "rankme", "rankme_rep", "alpha"}
     assert all(type(v) is float for v in result.values())
-    assert all(0 <= result[key] <= 1 for key in ("knn_val", "knn_test", "linear_test"))
+    assert all(0 <= result[key] <= 1 for key in ("knn_val", "knn_test", "linear_val", "linear_test"))
     assert 1 <= result["rankme"] <= 4 and math.isnan(result["alpha"])
 
     train_f, test_f = (evaluate.features(model, data, split) for split in ("train", "test"))
     fit_idx, val_idx = evaluate.validation_split(data.train_y, 0.25, seed=0)
     knn_val = evaluate.knn_accuracy(train_f[fit_idx], data.train_y[fit_idx], train_f[val_idx], data.train_y[val_idx])
     assert result["knn_val"] == knn_val
-    probe = evaluate.linear_probe(train_f, data.train_y, test_f, data.test_y, val_fraction=0.25, seed=0)
-    assert result["linear_test"] == pytest.approx(probe)
+    probe = evaluate.linear_probe(train_f, data.train_y, test_f, data.test_y, val_fraction=0.25, seed=0,
+                                  return_details=True)
+    assert result["linear_test"] == pytest.approx(probe["test_accuracy"])
+    # the probe's own validation accuracy: the best of its grid, on a split of the training images
+    assert result["linear_val"] == pytest.approx(max(probe["grid"].values()))
     embedding = evaluate.features(model, data, "train", "embedding")
     assert result["rankme"] == pytest.approx(metrics.rankme(embedding), rel=1e-9)
     assert result["rankme_rep"] == pytest.approx(metrics.rankme(train_f), rel=1e-9)
@@ -232,3 +235,33 @@ def test_factor_probe_errors():
         evaluate.factor_probe(noise[:30], value[:20], noise[30:], value[30:])
     with pytest.raises(ValueError, match="at least 10"):
         evaluate.factor_probe(noise[:5], value[:5], noise[30:], value[30:])
+
+
+def test_factor_probes_reads_every_factor_of_a_dataset_and_refuses_one_without():
+    g = torch.Generator().manual_seed(0)
+    data = tiny_dataset(n_train=200, n_test=60)
+    x_train, x_test = data.train_x.float().mean((1, 2, 3)), data.test_x.float().mean((1, 2, 3))
+    data.name = "tiny"
+    # "brightness" is a linear function of the pixels; "noise" is independent of them
+    data.factors = {"train": {"brightness": x_train, "noise": torch.rand(200, generator=g)},
+                    "test": {"brightness": x_test, "noise": torch.rand(60, generator=g)}}
+    from cookbook.methods import Method
+
+    model = Method(nn.Flatten())  # the raw pixels, as the chapters' reference
+    r2 = evaluate.factor_probes(model, data, factors=(("brightness", False), ("noise", False)))
+    assert set(r2) == {"brightness", "noise"}
+    assert r2["brightness"] > 0.99 and r2["noise"] < 0.2
+    data.factors = None
+    with pytest.raises(ValueError, match="no factors \\['hue'"):
+        evaluate.factor_probes(model, data)
+
+
+def test_nearest_neighbours_by_cosine_similarity():
+    bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
+    queries = torch.tensor([[5.0, 0.1], [-0.1, -1.0]])  # length does not matter, direction does
+    assert evaluate.nearest_neighbours(bank, queries, k=2).tolist() == [[0, 2], [3, 0]]
+    assert evaluate.nearest_neighbours(bank, queries, k=1).tolist() == [[0], [3]]
+    with pytest.raises(ValueError, match="k must be"):
+        evaluate.nearest_neighbours(bank, queries, k=5)
+    with pytest.raises(ValueError, match="expected bank"):
+        evaluate.nearest_neighbours(bank, queries[:, :1])

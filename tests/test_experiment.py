@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cookbook import data, experiment, methods, models
+from cookbook import data, evaluate, experiment, methods, models
 from cookbook.experiment import Run
 from cookbook.train import History
 
@@ -127,3 +127,32 @@ def test_run_trains_and_evaluates_backbone_and_projector():
     assert 1 <= r.metrics["rankme"] <= 128 and 1 <= r.metrics["rankme_rep"] <= r.method.backbone.dim
     row = r.row()
     assert row["run"] == "tiny" and row["steps"] == 4 and row["final_loss"] == r.history.final_loss
+
+
+@pytest.mark.filterwarnings("ignore:k = .* exceeds", "ignore:RankMe with N")
+def test_run_recipe_seeds_the_weights_and_references_are_evaluated_like_models():
+    from cookbook import recipes
+
+    ds = data.load("shapes", subset=96, test_subset=48, image_size=16, seed=0)
+    tiny = recipes.recipe("simclr").with_(width=2, steps=2, batch_size=32)
+    a, b = (experiment.run_recipe(tiny, ds, seed=3, setting="x", log=False) for _ in range(2))
+    assert a.seed == 3 and a.setting == "x" and a.history.steps == 2
+    assert a.metrics == b.metrics, "the same seed must give the same run"
+    other = experiment.run_recipe(tiny, ds, seed=4, log=False, temperature=0.2)
+    assert other.method.temperature == 0.2 and other.setting == "simclr"
+
+    refs = experiment.references(tiny, ds, seeds=(0, 1), ceiling_steps=2, log=False)
+    assert [(r.setting, r.seed) for r in refs] == [(name, seed) for seed in (0, 1)
+                                                  for name in ("raw pixels", "untrained", "supervised")]
+    pixels = refs[0].metrics
+    raw_train, raw_test = evaluate.pixels(ds, "train"), evaluate.pixels(ds, "test")
+    assert pixels["knn_test"] == evaluate.knn_accuracy(raw_train, ds.train_y, raw_test, ds.test_y)
+    supervised = refs[2]
+    assert 0 <= supervised.metrics["end_to_end_test"] <= 1 and supervised.history.steps == 2
+    frame = experiment.table(refs, columns=("knn_test",))
+    assert list(frame.index) == ["raw pixels", "untrained", "supervised"] and (frame["seeds"] == 2).all()
+
+    ds.factors = data.load("shapes", subset=96, test_subset=48, image_size=16, seed=0).factors
+    factors = experiment.factor_table({"raw pixels": refs[0::3], "untrained": refs[1::3]}, ds)
+    assert list(factors.columns) == ["hue R²", "x R²", "y R²", "scale R²", "class (%)"]
+    assert " ± " in factors.loc["untrained", "hue R²"]

@@ -263,3 +263,67 @@ def test_legend_outside_rejects_unknown_places():
     with pytest.raises(ValueError, match="where"):
         plots.legend_outside(ax, where="inside")
     assert plots.legend_outside(plots.figure()[1]) is None  # nothing labelled
+
+
+def _seeded(setting, knn, linear, rankme, spread=0.02, method="simclr"):
+    return [_run(setting, knn + d, linear + d, rankme + 100 * d, method) for d in (-spread, 0.0, spread)]
+
+
+def test_plot_study_draws_seeds_as_mean_and_error_bars_and_several_variants():
+    runs = _seeded(0.1, 0.2, 0.3, 10.0) + _seeded(0.5, 0.4, 0.5, 20.0)
+    ax = plots.plot_study(runs, accuracies=("linear_test",))
+    line = ax.get_lines()[0]
+    np.testing.assert_allclose(line.get_ydata(), [30, 50])
+    assert ax.collections, "seeds must be drawn as error bars"
+    variants = {"lr held": runs, "lr ∝ τ": _seeded(0.1, 0.3, 0.45, 12.0) + _seeded(1.0, 0.3, 0.4, 9.0)}
+    ax = plots.plot_study(variants, accuracies=("linear_test",), log_x=True)
+    labels = [t.get_text() for t in ax.figure.legends[0].get_texts()]
+    assert labels == ["lr held", "lr ∝ τ"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.1", "0.5", "1"]
+
+
+def test_plot_comparison_has_a_bar_per_method_and_references_per_panel():
+    runs = [r for name in ("SimCLR", "DCL") for r in _seeded(name, 0.6, 0.7, 10.0)]
+    fig = plots.plot_comparison(runs, references={"knn_test": {"raw_pixels": 40.0},
+                                                  "linear_test": {"raw_pixels": 50.0}})
+    knn_ax, linear_ax = fig.axes
+    heights = [p.get_height() for p in knn_ax.patches]
+    np.testing.assert_allclose(heights, [60, 60])
+    assert knn_ax.patches[0].get_facecolor()[:3] == pytest.approx(matplotlib.colors.to_rgb(plots.COLORS["simclr"]))
+    (raw,) = [line for line in linear_ax.get_lines() if line.get_label().startswith("raw pixels")]
+    assert raw.get_ydata()[0] == 50.0
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["raw pixels"]
+
+
+def test_plot_loss_curves_one_panel_per_method_with_chance():
+    from cookbook.train import History
+
+    history = History(epochs=[{"epoch": e, "loss": 5.0 - e} for e in (1, 2, 3)], steps=30)
+    fig = plots.plot_loss_curves({"SimCLR": [history, history], "MoCo v2": [history]},
+                                 chance={"SimCLR": 6.2})
+    simclr, moco = (ax for ax in fig.axes if ax.get_visible())
+    assert simclr.get_title() == "SimCLR" and len(simclr.get_lines()) == 3  # two seeds and chance
+    np.testing.assert_allclose(simclr.get_lines()[0].get_xdata(), [10, 20, 30])
+    assert simclr.get_lines()[-1].get_ydata()[0] == 6.2 and len(moco.get_lines()) == 1
+
+
+def test_plot_retrieval_frames_neighbours_of_another_class():
+    images = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    fig = plots.plot_retrieval(images, torch.zeros(2, 3, 3, 4, 4), torch.tensor([0, 1]),
+                               torch.tensor([[0, 1, 0], [1, 1, 0]]), class_names=["a", "b"])
+    assert len(fig.axes) == 8
+    red = [ax for ax in fig.axes if ax.spines["left"].get_linewidth() > 2]
+    assert len(red) == 2
+    with pytest.raises(ValueError, match="expected queries"):
+        plots.plot_retrieval(images, torch.zeros(2, 3, 4, 4))
+
+
+def test_plot_map_colours_classes_and_factors():
+    points = np.random.default_rng(0).normal(size=(30, 2))
+    fig = plots.plot_map(points, {"class": np.arange(30) % 3, "hue": np.linspace(0, 1, 30)},
+                         class_names=["a", "b", "c"])
+    class_ax, hue_ax = fig.axes[:2]
+    assert len(class_ax.collections) == 3 and class_ax.get_title() == "class"
+    assert hue_ax.collections[0].get_cmap().name == "hsv"
+    with pytest.raises(ValueError, match="points must be"):
+        plots.plot_map(points[:, :1], {"class": np.arange(30)})
