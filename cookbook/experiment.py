@@ -40,15 +40,16 @@ from scipy.stats import spearmanr
 from cookbook import evaluate
 from cookbook.train import History, fit
 
-__all__ = ["CRITERIA", "COLUMNS", "Run", "run", "run_recipe", "references", "by_setting", "mean_sd", "table", "table_rows", "choose",
-           "selection_table", "factor_table", "spearman"]
+__all__ = ["CRITERIA", "COLUMNS", "Run", "run", "run_recipe", "references", "by_setting", "mean_sd", "table",
+           "table_rows", "choose", "selection_table", "factor_table", "spearman"]
 
 CRITERIA = ("linear_val", "knn_val", "rankme", "rankme_rep", "alpha")
 
 #: Column headers of :func:`table`, and how many decimals each keeps.
 #: Accuracies are shown in percent.
 COLUMNS = {
-    "knn_val": ("kNN val (%)", 1), "linear_val": ("linear val (%)", 1), "knn_test": ("kNN test (%)", 1), "linear_test": ("linear test (%)", 1),
+    "knn_val": ("kNN val (%)", 1), "linear_val": ("linear val (%)", 1), "knn_test": ("kNN test (%)", 1),
+    "linear_test": ("linear test (%)", 1),
     "emb_knn_test": ("kNN test, after g (%)", 1),
     "emb_linear_test": ("linear test, after g (%)", 1),
     "rankme": ("RankMe", 1), "rankme_rep": ("RankMe (repr.)", 1), "alpha": ("α-ReQ", 2),

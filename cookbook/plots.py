@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from cookbook import metrics
-from cookbook.experiment import spearman
+from cookbook.experiment import by_setting, spearman
 
 __all__ = [
     "COLORS", "COLUMN_PX", "DPI", "FIGURE_WIDTH", "MIN_TEXT_PT", "REFERENCE_STYLES", "RC", "color",
@@ -448,9 +448,7 @@ def plot_study(runs, accuracies=("knn_test", "linear_test"), xlabel: str = "sett
     position = {s: (float(s) if numeric else i) for i, s in enumerate(all_settings)}
     colours = study_colors([str(name) for name in series]) if len(series) > 1 else {}
     for name, group_runs in series.items():
-        groups: dict = {}
-        for r in group_runs:
-            groups.setdefault(r.setting, []).append(r)
+        groups = by_setting(group_runs)
         if numeric:
             groups = dict(sorted(groups.items()))
         x = np.array([position[s] for s in groups])
@@ -611,9 +609,7 @@ def plot_comparison(runs, accuracies=("knn_test", "linear_test"), references: di
     """
     if not runs:
         raise ValueError("plot_comparison needs at least one run")
-    groups: dict = {}
-    for r in runs:
-        groups.setdefault(r.setting, []).append(r)
+    groups = by_setting(runs)
     fig, axes = figure(ncols=len(accuracies), height=3.4, squeeze=False, sharey=True)
     for ax, key in zip(axes.flat, accuracies):
         for i, (name, group) in enumerate(groups.items()):
