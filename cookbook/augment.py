@@ -262,12 +262,17 @@ def vicreg(size: int = 32, **overrides) -> Views:
     return Views([spec, spec])
 
 
-def dino(size: int = 32, local_size: int = 16, n_local: int = 6, **overrides) -> Views:
+def dino(size: int = 32, local_size: int | None = None, n_local: int = 6,
+         local_scale: tuple[float, float] = (0.05, 0.4), **overrides) -> Views:
     """DINO multi-crop (lightly ``DINOTransform``): 2 global crops of scale
     [0.4, 1] (the second solarises) and ``n_local`` local crops of scale
-    [0.05, 0.4] at ``local_size``."""
+    ``local_scale`` at ``local_size`` (default: half of ``size``, as lightly's
+    96 px local crops are about half of its 224 px global ones)."""
+    if isinstance(n_local, bool) or not isinstance(n_local, int) or n_local < 0:
+        raise ValueError(f"n_local is a number of local crops >= 0, got {n_local!r}")
     glob = replace(ViewSpec(size=size, min_scale=0.4, cj_strength=0.5, cj_sat=0.4), **overrides)
-    local = replace(glob, size=local_size, min_scale=0.05, max_scale=0.4)
+    local = replace(glob, size=local_size or max(size // 2, 1), min_scale=local_scale[0],
+                    max_scale=local_scale[1])
     return Views([glob, replace(glob, solarization_prob=0.2)] + [local] * n_local)
 
 

@@ -125,7 +125,8 @@ def run(name: str, method, dataset, *, setting=None, embedding: bool = False, lo
 
 
 def run_recipe(recipe, dataset, *, seed: int = 0, setting=None, name: str | None = None,
-               embedding: bool = False, device=None, log: bool = True, **method_options) -> Run:
+               embedding: bool = False, device=None, log: bool = True, eval_every: int = 0,
+               eval_rankme: bool = False, **method_options) -> Run:
     """Trains a fresh model with a :class:`cookbook.recipes.Recipe` and evaluates it (:func:`run`).
 
     ``torch.manual_seed(seed)`` comes first, so every run of one architecture
@@ -133,13 +134,16 @@ def run_recipe(recipe, dataset, *, seed: int = 0, setting=None, name: str | None
     order and the augmentations. ``method_options`` override the recipe's
     method options (``temperature=0.2``); change anything else with
     ``recipe.with_(steps=..., lr=..., views=...)``. The model is built for
-    ``dataset``'s image size.
+    ``dataset``'s image size. ``eval_every`` and ``eval_rankme`` go to
+    :func:`cookbook.train.fit`: a learning curve in ``run.history.epochs``
+    (kNN on a validation split every k epochs, and RankMe if asked).
     """
     torch.manual_seed(seed)
     method = recipe.build(dataset.image_size, **method_options)
     views = recipe.make_views(method, dataset.image_size)
     return run(name or recipe.method, method, dataset, setting=setting, embedding=embedding, log=log,
-               views=views, device=device, seed=seed, **recipe.fit_options())
+               views=views, device=device, seed=seed, eval_every=eval_every, eval_rankme=eval_rankme,
+               **recipe.fit_options())
 
 
 def references(recipe, dataset, *, seeds=(0,), ceiling_steps: int | None = None, device=None,

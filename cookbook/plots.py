@@ -27,6 +27,8 @@ The plotting functions:
 - :func:`plot_study`: one study (a sweep of one setting): accuracies in one
   panel, RankMe in a second, against the setting; seeds as error bars.
 - :func:`plot_loss_curves`: training losses per method, with the chance level.
+- :func:`plot_learning_curves`: a validation measure (kNN) during training,
+  per method, mean and sd over seeds.
 - :func:`plot_retrieval`: query images and their nearest neighbours.
 - :func:`plot_map`: a 2-D map (t-SNE) coloured by class and by a nuisance factor.
 
@@ -53,7 +55,7 @@ from cookbook.experiment import by_setting, spearman
 __all__ = [
     "COLORS", "COLUMN_PX", "DPI", "FIGURE_WIDTH", "MIN_TEXT_PT", "REFERENCE_STYLES", "RC", "color",
     "display_scale", "figure", "legend_outside", "plot_eigenspectrum", "plot_metric_vs_accuracy",
-    "plot_comparison", "plot_loss_curves", "plot_map", "plot_retrieval", "plot_singular_values", "plot_study",
+    "plot_comparison", "plot_learning_curves", "plot_loss_curves", "plot_map", "plot_retrieval", "plot_singular_values", "plot_study",
     "reference_lines", "study_colors", "style", "use_style",
 ]
 
@@ -515,6 +517,45 @@ def plot_loss_curves(histories: dict, chance: dict | None = None, ylabel: str = 
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     return fig
+
+
+def plot_learning_curves(histories: dict, key: str = "knn_val", scale: float = 100.0,
+                         ylabel: str = "kNN, validation (%)", references: dict | None = None, ax=None):
+    """A measure recorded during training (``fit(..., eval_every=k)``) against
+    the optimiser step: one line per method, the mean over its seeds, with a
+    band of one sample sd.
+
+    histories: ``{method name: [History, ...]}``, one per seed; the seeds of a
+    method must have been evaluated at the same steps. references: keyword
+    arguments of :func:`reference_lines` (in the axis's units). Returns the axis.
+    """
+    if not histories:
+        raise ValueError("plot_learning_curves needs at least one method")
+    ax = _axes(ax)
+    for name, runs in histories.items():
+        curves = []
+        for h in runs:
+            per_epoch = max(h.steps / max(len(h.epochs), 1), 1)
+            points = [(min((e["epoch"] - h.start_epoch) * per_epoch, h.steps), scale * e[key])
+                      for e in h.epochs if key in e]
+            curves.append(points)
+        if not curves[0]:
+            raise ValueError(f"{name}: no {key!r} in its history; train with fit(..., eval_every=k)")
+        if len({tuple(x for x, _ in c) for c in curves}) != 1:
+            raise ValueError(f"{name}: its seeds were evaluated at different steps")
+        x = np.array([p[0] for p in curves[0]])
+        y = np.array([[p[1] for p in c] for c in curves])
+        mean = y.mean(0)
+        line, = ax.plot(x, mean, color=color(name), marker="o", markersize=3, label=name, zorder=3)
+        if len(y) > 1:
+            sd = y.std(0, ddof=1)
+            ax.fill_between(x, mean - sd, mean + sd, color=line.get_color(), alpha=0.2, linewidth=0)
+    if references:
+        reference_lines(ax, **references)
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel(ylabel)
+    legend_outside(ax)
+    return ax
 
 
 def _reference_style(key: str) -> dict:

@@ -112,6 +112,12 @@ def test_seeded_generator_reproduces_views():
 def test_presets_shapes_and_lightly_defaults():
     x = batch(4)
     assert [v.shape[-1] for v in A.dino(n_local=3)(x)] == [32, 32, 16, 16, 16]
+    small = A.dino(16, n_local=2, local_scale=(0.3, 0.6), min_scale=0.6)
+    assert [s.size for s in small.specs] == [16, 16, 8, 8]  # local crops: half the size
+    assert (small.specs[0].min_scale, small.specs[2].min_scale, small.specs[2].max_scale) == (0.6, 0.3, 0.6)
+    assert len(A.dino(n_local=0)) == 2
+    with pytest.raises(ValueError, match="n_local"):
+        A.dino(n_local=-1)
     byol = A.byol()
     assert byol.specs[0].solarization_prob == 0.0 and byol.specs[1].solarization_prob == 0.2
     assert byol.specs[0].cj_bright == 0.4 and byol.specs[0].cj_hue == 0.1

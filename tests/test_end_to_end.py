@@ -22,8 +22,11 @@ MARGINS = {
     "simclr": 0.42,   # kNN 0.851 / 0.849 / 0.843 against raw pixels 0.413: +43.5 ± 0.4 points
     "vicreg": 0.43,   # 0.899 / 0.865 / 0.899: +47.5 ± 1.9 points
     "simsiam": 0.21,  # 0.684 / 0.645 / 0.664: +25.2 ± 2.0 points
-    "byol": 0.25,     # 1,200 steps: 0.705 / 0.782 / 0.789: +34.6 ± 4.7 points
 }
+# One representative per family keeps CI inside its 30 minutes. BYOL (+34.6 ± 4.7 points
+# at 1,200 steps, twice the others' run) is measured instead by chapter 02's committed
+# run at three seeds; its teacher is unit-tested (tests/test_methods.py) and its
+# collapse switch below.
 # Fine-tuned with 10 % of the labels, MAE minus the same ViT from scratch: 42.2 - 27.0,
 # 50.4 - 28.2 and 53.5 - 27.9 points, +21.0 ± 5.3.
 MAE_FINE_TUNE_GAIN = 0.10

@@ -140,6 +140,10 @@ def test_run_recipe_seeds_the_weights_and_references_are_evaluated_like_models()
     assert a.metrics == b.metrics, "the same seed must give the same run"
     other = experiment.run_recipe(tiny, ds, seed=4, log=False, temperature=0.2)
     assert other.method.temperature == 0.2 and other.setting == "simclr"
+    assert not any("knn_val" in e for e in other.history.epochs)  # no curve unless asked
+    curve = experiment.run_recipe(tiny.with_(steps=6), ds, seed=4, log=False, eval_every=1,
+                                  eval_rankme=True)
+    assert [("knn_val" in e, "rankme" in e) for e in curve.history.epochs] == [(True, True)] * 2
 
     refs = experiment.references(tiny, ds, seeds=(0, 1), ceiling_steps=2, log=False)
     assert [(r.setting, r.seed) for r in refs] == [(name, seed) for seed in (0, 1)

@@ -14,7 +14,7 @@ def views(n=8, seed=0):
     return [torch.rand(n, 3, 32, 32, generator=g), torch.rand(n, 3, 32, 32, generator=g)]
 
 
-TWO_VIEW = sorted(set(methods.METHODS) - {"mae"})
+TWO_VIEW = sorted(set(methods.METHODS) - {"mae", "dino"})  # DINO: multi-crop, tested below
 
 
 @pytest.mark.parametrize("name", TWO_VIEW)
@@ -56,6 +56,8 @@ def test_simclr_loss_is_ntxent_of_embeddings():
 @pytest.mark.parametrize("build,student,teacher", [
     (lambda: methods.BYOL(tiny(), momentum=0.9, momentum_end=0.9), "backbone", "teacher_backbone"),
     (lambda: methods.BYOL(tiny(), momentum=0.9, momentum_end=0.9), "projector", "teacher_projector"),
+    (lambda: methods.DINO(tiny(), output_dim=64, momentum=0.9, momentum_end=0.9), "backbone", "teacher_backbone"),
+    (lambda: methods.DINO(tiny(), output_dim=64, momentum=0.9, momentum_end=0.9), "projector", "teacher_projector"),
     (lambda: methods.MoCo(tiny(), queue_size=32, momentum=0.9, momentum_end=0.9), "backbone", "key_backbone"),
     (lambda: methods.MoCo(tiny(), queue_size=32, momentum=0.9, momentum_end=0.9), "projector", "key_projector"),
 ])
@@ -261,7 +263,7 @@ def test_dcl_loss_is_lightly_dcl_and_differs_from_simclr():
 
 def test_methods_live_in_their_family_module():
     from cookbook.methods import cca, contrastive, distillation, mim
-    families = {contrastive: {"simclr", "moco", "nnclr", "dcl"}, distillation: {"byol", "simsiam"},
+    families = {contrastive: {"simclr", "moco", "nnclr", "dcl"}, distillation: {"byol", "simsiam", "dino"},
                 cca: {"vicreg"}, mim: {"mae"}}
     for module, names in families.items():
         assert {methods.METHODS[n].__module__ for n in names} == {module.__name__}
@@ -290,6 +292,16 @@ def test_simsiam_target_gets_no_gradient_unless_asked():
         m.loss(x).backward()
     assert not torch.allclose(next(a.projector.parameters()).grad, next(b.projector.parameters()).grad)
     assert a._ema_pairs == []  # no teacher
+
+
+def test_simsiam_without_predictor_matches_the_embeddings_themselves():
+    import torch.nn.functional as F
+    m = methods.SimSiam(tiny(), predictor=False).eval()
+    assert isinstance(m.predictor, nn.Identity) and m.fixed_lr_modules() == [m.predictor]
+    x = views()
+    with torch.no_grad():
+        z0, z1 = m.embedding(x[0]), m.embedding(x[1])
+    torch.testing.assert_close(m.loss(x), -F.cosine_similarity(z0, z1).mean())
 
 
 def test_simsiam_heads_are_the_papers():
@@ -428,3 +440,88 @@ def test_mae_needs_a_vit_and_one_view():
         m.loss(views(n=2))
     assert len(m.default_views(16)) == 1
     assert m.representation(torch.rand(3, 3, 16, 16)).shape == (3, 32)
+
+
+# --- DINO ------------------------------------------------------------------
+
+def multi_crop(n=8, n_local=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return ([torch.rand(n, 3, 32, 32, generator=g) for _ in range(2)]
+            + [torch.rand(n, 3, 16, 16, generator=g) for _ in range(n_local)])
+
+
+def test_dino_interface_and_multi_crop_views():
+    m = methods.build("dino", tiny(), output_dim=64)
+    x = multi_crop()
+    loss = m.loss(x)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert m.backbone.net[1].weight.grad is not None
+    assert all(p.grad is None for p in m.teacher_backbone.parameters())
+    assert m.representation(x[0]).shape == (8, 32) and m.embedding(x[2]).shape == (8, 64)
+    sizes = [v.size for v in m.default_views(32).specs]
+    assert sizes[:2] == [32, 32] and len(sizes) > 2 and set(sizes[2:]) == {16}
+
+
+def test_dino_loss_is_lightly_dino_loss_global_teacher_against_every_student_view():
+    from lightly.loss import DINOLoss
+    m = methods.DINO(tiny(), output_dim=64, teacher_temp=0.05, student_temp=0.2).eval()
+    x = multi_crop()
+    with torch.no_grad():
+        student = [m.embedding(v) for v in x]
+        teacher = [m.teacher_projector(m.teacher_backbone(v)) for v in x[:2]]
+        expected = DINOLoss(64, teacher_temp=0.05, student_temp=0.2)(teacher, student)
+        torch.testing.assert_close(m.loss(x), expected)
+        # the same pairs written out: each global teacher view against every other view
+        terms = [-(torch.softmax(t / 0.05, -1) * torch.log_softmax(s / 0.2, -1)).sum(-1).mean()
+                 for i, t in enumerate(teacher) for j, s in enumerate(student) if i != j]
+        torch.testing.assert_close(expected, torch.stack(terms).mean())
+
+
+def test_dino_centering_switch():
+    on, off = methods.DINO(tiny(), output_dim=64), methods.DINO(tiny(), output_dim=64, centering=False)
+    for m in (on, off):
+        m.loss(multi_crop())
+    assert on.criterion.center.abs().sum() > 0
+    assert off.criterion.center.abs().sum() == 0
+
+
+def test_dino_teacher_temperature_warms_up_linearly():
+    m = methods.DINO(tiny(), output_dim=64, teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_fraction=0.5)
+    assert m.teacher_temp_now() == pytest.approx(0.04)
+    m.after_step(24, 100)  # a quarter of the run done: half the warm-up
+    assert m.teacher_temp_now() == pytest.approx(0.055)
+    m.after_step(79, 100)
+    assert m.teacher_temp_now() == pytest.approx(0.07)
+
+
+def test_forward_views_batches_by_size_and_keeps_order():
+    from cookbook.methods.base import forward_views
+    net = tiny().eval()
+    x = multi_crop(n_local=3)
+    x = [x[2], x[0], x[3], x[1], x[4]]
+    calls = []
+    with torch.no_grad():
+        out = forward_views(lambda v: calls.append(v.shape[0]) or net(v), x)
+        for got, v in zip(out, x):
+            torch.testing.assert_close(got, net(v))
+    assert calls == [24, 16]  # one pass per image size
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"output_dim": 0}, "output_dim"), ({"teacher_temp": 0}, "temperature"),
+    ({"student_temp": -1}, "temperature"), ({"warmup_fraction": 1.5}, "warmup_fraction"),
+    ({"center_momentum": 2}, "center_momentum"), ({"momentum": 1.2}, "momentum"),
+])
+def test_dino_rejects_bad_options(options, match):
+    with pytest.raises(ValueError, match=match):
+        methods.DINO(tiny(), **options)
+
+
+def test_dino_needs_two_global_views_of_one_size():
+    m = methods.DINO(tiny(), output_dim=64)
+    x = multi_crop()
+    with pytest.raises(ValueError, match="2 global views"):
+        m.loss(x[:1])
+    with pytest.raises(ValueError, match="2 global views"):
+        m.loss([x[0], x[2]])

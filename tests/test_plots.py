@@ -307,6 +307,35 @@ def test_plot_loss_curves_one_panel_per_method_with_chance():
     assert simclr.get_lines()[-1].get_ydata()[0] == 6.2 and len(moco.get_lines()) == 1
 
 
+def _curve(values, steps=40, every=2):
+    from cookbook.train import History
+
+    epochs = [{"epoch": e, "loss": 1.0} | ({"knn_val": v} if v is not None else {})
+              for e, v in enumerate(values, 1)]
+    return History(epochs=epochs, steps=steps)
+
+
+def test_plot_learning_curves_mean_and_band_over_seeds_against_the_step():
+    seeds = [_curve([None, 0.2, None, 0.6]), _curve([None, 0.4, None, 0.8])]
+    ax = plots.plot_learning_curves({"BYOL": seeds, "SimSiam": [_curve([0.3, 0.5, 0.6, 0.7])]},
+                                    references={"raw_pixels": 41.0})
+    byol, simsiam, raw = ax.get_lines()
+    np.testing.assert_allclose(byol.get_xdata(), [20, 40])  # epochs 2 and 4 of 10 steps each
+    np.testing.assert_allclose(byol.get_ydata(), [30, 70])  # the mean of the seeds, in %
+    assert len(ax.collections) == 1  # a band for the method with seeds, none for one seed
+    assert len(simsiam.get_xdata()) == 4 and raw.get_ydata()[0] == 41.0
+    assert byol.get_color() == plots.color("BYOL")
+
+
+def test_plot_learning_curves_refuses_histories_without_evaluations():
+    with pytest.raises(ValueError, match="eval_every"):
+        plots.plot_learning_curves({"BYOL": [_curve([None, None])]})
+    with pytest.raises(ValueError, match="different steps"):
+        plots.plot_learning_curves({"BYOL": [_curve([0.1, 0.2]), _curve([None, 0.2])]})
+    with pytest.raises(ValueError, match="at least one"):
+        plots.plot_learning_curves({})
+
+
 def test_plot_retrieval_frames_neighbours_of_another_class():
     images = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
     fig = plots.plot_retrieval(images, torch.zeros(2, 3, 3, 4, 4), torch.tensor([0, 1]),

@@ -4,7 +4,7 @@ the book (and of the SSL cookbook, Balestriero et al., 2023):
 - :mod:`.base`: the :class:`Method` interface, the teacher (EMA) mechanism,
   the registry and :func:`build`;
 - :mod:`.contrastive`: deep metric learning (SimCLR, MoCo, NNCLR, DCL);
-- :mod:`.distillation`: self-distillation (BYOL, SimSiam);
+- :mod:`.distillation`: self-distillation (BYOL, SimSiam, DINO);
 - :mod:`.cca`: canonical correlation analysis (VICReg);
 - :mod:`.mim`: masked image modeling (MAE).
 
@@ -21,9 +21,9 @@ A method is an ``nn.Module`` built from a backbone and options:
 
 from cookbook.methods.base import METHODS, Method, build, register
 from cookbook.methods.contrastive import DCL, MoCo, NNCLR, SimCLR
-from cookbook.methods.distillation import BYOL, SimSiam
+from cookbook.methods.distillation import BYOL, DINO, SimSiam
 from cookbook.methods.cca import VICReg
 from cookbook.methods.mim import MAE, random_patch_mask
 
-__all__ = ["METHODS", "Method", "build", "register", "SimCLR", "MoCo", "NNCLR", "DCL", "BYOL", "SimSiam",
+__all__ = ["METHODS", "Method", "build", "register", "SimCLR", "MoCo", "NNCLR", "DCL", "BYOL", "SimSiam", "DINO",
            "VICReg", "MAE", "random_patch_mask"]

@@ -64,10 +64,15 @@ class Method(nn.Module):
         return []
 
     # --- teachers ---------------------------------------------------------
-    def add_teacher(self, student: nn.Module) -> nn.Module:
+    def add_teacher(self, student: nn.Module, teacher: nn.Module | None = None) -> nn.Module:
         """Returns a frozen copy of ``student`` that :meth:`after_step` keeps as
-        an exponential moving average of it."""
-        teacher = copy.deepcopy(student)
+        an exponential moving average of it. Modules that cannot be deep-copied
+        (weight norm) pass a fresh ``teacher`` of the same shape instead; it
+        starts from the student's weights."""
+        if teacher is None:
+            teacher = copy.deepcopy(student)
+        else:
+            teacher.load_state_dict(student.state_dict())
         deactivate_requires_grad(teacher)
         self._ema_pairs.append((student, teacher))
         return teacher
@@ -99,6 +104,18 @@ def forward_both(net, x0, x1):
     if x0.shape == x1.shape:
         return net(torch.cat([x0, x1])).chunk(2)
     return net(x0), net(x1)
+
+
+def forward_views(net, views: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``[net(v) for v in views]``, with one forward pass per image size
+    (multi-crop: one for the global views, one for the local ones)."""
+    out: list[torch.Tensor | None] = [None] * len(views)
+    sizes = list(dict.fromkeys(tuple(v.shape) for v in views))
+    for shape in sizes:
+        index = [i for i, v in enumerate(views) if tuple(v.shape) == shape]
+        for i, y in zip(index, net(torch.cat([views[i] for i in index])).chunk(len(index))):
+            out[i] = y
+    return out
 
 
 def check_temperature(temperature: float) -> None:

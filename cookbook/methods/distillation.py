@@ -5,17 +5,22 @@ through the teacher.
 
 - :class:`BYOL`: the teacher is an exponential moving average of the student.
 - :class:`SimSiam`: the teacher is the student itself, behind a stop-gradient.
+- :class:`DINO`: an EMA teacher whose output, centred and sharpened, is a
+  distribution over ``K`` prototypes that the student matches by cross-entropy,
+  global teacher views against every student view (multi-crop).
 """
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
-from lightly.loss import NegativeCosineSimilarity
-from lightly.models.modules import SimSiamPredictionHead, SimSiamProjectionHead
+from lightly.loss import DINOLoss, NegativeCosineSimilarity
+from lightly.models.modules import DINOProjectionHead, SimSiamPredictionHead, SimSiamProjectionHead
 
 from cookbook import augment
-from cookbook.methods.base import Method, forward_both, register, two_views
+from cookbook.methods.base import Method, check_size, check_temperature, forward_both, forward_views, register, two_views
 from cookbook.models import mlp_head
 
 
@@ -112,16 +117,21 @@ class SimSiam(Method):
         fixed_predictor_lr: hold the predictor's learning rate constant.
         stop_gradient: ``False`` lets gradients flow through the target too,
             the paper's ablation that collapses.
+        predictor: ``False`` removes the predictor (the target is then the
+            other view's own embedding), the paper's other ablation that
+            collapses (its Table 1).
     """
 
     name = "simsiam"
 
     def __init__(self, backbone: nn.Module, proj_hidden: int | None = None, proj_dim: int | None = None,
-                 pred_hidden: int | None = None, fixed_predictor_lr: bool = True, stop_gradient: bool = True):
+                 pred_hidden: int | None = None, fixed_predictor_lr: bool = True, stop_gradient: bool = True,
+                 predictor: bool = True):
         dim = backbone.dim
         proj_dim = proj_dim or 4 * dim
         super().__init__(backbone, SimSiamProjectionHead(dim, proj_hidden or 4 * dim, proj_dim))
-        self.predictor = SimSiamPredictionHead(proj_dim, pred_hidden or max(proj_dim // 4, 1), proj_dim)
+        self.predictor = (SimSiamPredictionHead(proj_dim, pred_hidden or max(proj_dim // 4, 1), proj_dim)
+                          if predictor else nn.Identity())
         self.fixed_predictor_lr, self.stop_gradient = fixed_predictor_lr, stop_gradient
         self.embedding_dim = proj_dim
         self.criterion = NegativeCosineSimilarity()
@@ -140,3 +150,99 @@ class SimSiam(Method):
         if self.stop_gradient:
             z0, z1 = z0.detach(), z1.detach()
         return 0.5 * (self.criterion(p0, z1) + self.criterion(p1, z0))
+
+
+@register
+class DINO(Method):
+    """DINO (Caron et al., ICCV 2021): self-distillation with no labels.
+
+    Student and teacher end in a head that maps to ``K = output_dim`` logits.
+    The teacher (an EMA of the student) sees the two global views; its logits
+    are *centred* (a running mean ``c`` of its batch outputs is subtracted) and
+    *sharpened* (a low temperature); the student, at a higher temperature,
+    matches them on every other view, local crops included:
+
+    ``L = sum_{t in global} sum_{s != t} H(softmax((g_t(x_t) - c) / tau_t),
+    softmax(g_s(x_s) / tau_s))``, averaged over the pairs
+
+    (lightly's ``DINOLoss``; the head is lightly's ``DINOProjectionHead``, an
+    MLP to a bottleneck, l2-normalised, then a weight-normalised linear layer
+    to the ``K`` prototypes). Centering alone would collapse to a uniform
+    output, sharpening alone to a one-hot one; together they balance.
+
+    Args:
+        backbone: a module with attribute ``dim``.
+        hidden_dim, bottleneck_dim, output_dim: head widths. The paper's are
+            2048, 256 and 65,536 for a ViT-S; the defaults here (``4 * dim``,
+            256, 4,096) suit the book's small backbones.
+        teacher_temp: the teacher's temperature after warm-up (paper: 0.04).
+        warmup_teacher_temp, warmup_fraction: the teacher's temperature starts
+            at ``warmup_teacher_temp`` and rises linearly to ``teacher_temp``
+            over this fraction of the run (the paper: 0.04 -> 0.07 over the
+            first 30 epochs when it uses 0.07).
+        student_temp: the student's temperature (paper: 0.1).
+        center_momentum: the centre's EMA momentum (paper: 0.9).
+        centering: False keeps the centre at zero (the ablation that collapses).
+        momentum, momentum_end: the teacher's EMA momentum, cosine-scheduled
+            (paper: 0.996 -> 1).
+        batch_norm: batch norm in the head's MLP (the paper's ResNet-50 setting).
+        norm_last_layer: hold the prototypes' norms at 1, so the logits are
+            cosine similarities (the paper's default; False lets them grow).
+    """
+
+    name = "dino"
+
+    def __init__(self, backbone: nn.Module, hidden_dim: int | None = None, bottleneck_dim: int = 256,
+                 output_dim: int = 4096, teacher_temp: float = 0.04, warmup_teacher_temp: float | None = None,
+                 warmup_fraction: float = 0.3, student_temp: float = 0.1, center_momentum: float = 0.9,
+                 centering: bool = True, momentum: float = 0.996, momentum_end: float = 1.0,
+                 batch_norm: bool = False, norm_last_layer: bool = True):
+        dim = backbone.dim
+        for value, what in ((bottleneck_dim, "bottleneck_dim"), (output_dim, "output_dim")):
+            check_size(value, what, 1)
+        for value in (teacher_temp, student_temp, warmup_teacher_temp or teacher_temp):
+            check_temperature(value)
+        if not 0.0 <= warmup_fraction <= 1.0:
+            raise ValueError(f"warmup_fraction is a fraction of the run in [0, 1], got {warmup_fraction}")
+        if not 0.0 <= center_momentum <= 1.0:
+            raise ValueError(f"center_momentum must lie in [0, 1], got {center_momentum}")
+        def head():
+            with warnings.catch_warnings():  # lightly's head uses torch's older weight_norm
+                warnings.simplefilter("ignore", FutureWarning)
+                return DINOProjectionHead(dim, hidden_dim or 4 * dim, bottleneck_dim, output_dim,
+                                          batch_norm=batch_norm, norm_last_layer=norm_last_layer)
+
+        super().__init__(backbone, head(), momentum, momentum_end)
+        self.teacher_temp, self.student_temp = teacher_temp, student_temp
+        self.warmup_teacher_temp = teacher_temp if warmup_teacher_temp is None else warmup_teacher_temp
+        self.warmup_fraction, self.centering = warmup_fraction, centering
+        self.embedding_dim = output_dim
+        # center_momentum 1 keeps the centre at its initial zeros: no centering
+        self.criterion = DINOLoss(output_dim, teacher_temp=teacher_temp, student_temp=student_temp,
+                                  center_momentum=center_momentum if centering else 1.0)
+        self.teacher_backbone = self.add_teacher(self.backbone)
+        self.teacher_projector = self.add_teacher(self.projector, head())
+        self.register_buffer("progress", torch.zeros(()), persistent=False)  # fraction of the run done
+
+    def default_views(self, size: int = 32) -> augment.Views:
+        return augment.dino(size)
+
+    def teacher_temp_now(self) -> float:
+        """The teacher's temperature at this point of the run (linear warm-up)."""
+        if self.warmup_fraction == 0 or self.progress >= self.warmup_fraction:
+            return self.teacher_temp
+        t = float(self.progress) / self.warmup_fraction
+        return self.warmup_teacher_temp + t * (self.teacher_temp - self.warmup_teacher_temp)
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        super().after_step(step, total_steps)
+        self.progress.fill_((step + 1) / max(total_steps, 1))
+
+    def loss(self, views):
+        if len(views) < 2 or views[0].shape != views[1].shape:
+            raise ValueError(f"DINO takes 2 global views of one size, then any local ones; got "
+                             f"{len(views)} view(s) of sizes {[tuple(v.shape[-2:]) for v in views]}")
+        student = forward_views(lambda x: self.projector(self.backbone(x)), views)
+        with torch.no_grad():
+            teacher = forward_views(lambda x: self.teacher_projector(self.teacher_backbone(x)), views[:2])
+        return self.criterion(teacher, student, teacher_temp=self.teacher_temp_now())
