@@ -22,7 +22,7 @@ from cookbook import data, evaluate, recipes
 from cookbook.train import fit
 
 
-NAMES = {"byol": "BYOL", "simsiam": "SimSiam", "simclr": "SimCLR", "vicreg": "VICReg", "mae": "MAE"}
+NAMES = {"byol": "BYOL", "simsiam": "SimSiam", "dino": "DINO", "simclr": "SimCLR", "vicreg": "VICReg", "mae": "MAE"}
 
 
 def curve(name: str, ds, steps: int, every: int, seed: int) -> dict:
@@ -80,7 +80,7 @@ def draw(curves: list[dict], raw: float):
         ax.axhline(100 * raw + 15, color="0.5", linestyle=":", linewidth=1.2, label="raw pixels + 15 points")
         ax.set_xlabel("training steps (batch 256)")
         ax.set_ylabel("kNN accuracy, validation (%)")
-        ax.legend(loc="lower right")  # the curves rise to the upper right: that corner is empty
+        plots.legend_outside(ax)  # inside, it would cross the reference lines or the curves
     return fig
 
 if __name__ == "__main__":

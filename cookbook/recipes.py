@@ -100,8 +100,8 @@ CPU: dict[str, Recipe] = {
     "simsiam": Recipe("simsiam", steps=600, lr=0.3, views=("simclr", _GRAY_ROTATED)),
     # DINO collapsed to a uniform output with BYOL's momentum 0.9 and learnt nothing in 600 steps
     # with a slower teacher (14 runs: benchmarks/results/search-dino-cpu.jsonl). With momentum
-    # 0.97, batch norm in the head and two local crops of 30-60 % it crosses raw pixels after
-    # about 550 steps and reaches a validation kNN of 0.96 in 2,400 (one seed, 16 minutes).
+    # 0.97, batch norm in the head and two local crops of 30-60 % it crosses raw pixels within
+    # 468 steps and reaches a validation kNN of 0.96 in 2,400 (one seed, 16 minutes).
     "dino": Recipe("dino", steps=2400, lr=0.3,
                    options={"momentum": 0.97, "output_dim": 1024, "batch_norm": True},
                    views=("dino", {**_GRAY_ROTATED, "n_local": 2, "local_scale": (0.3, 0.6)})),

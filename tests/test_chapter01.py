@@ -5,9 +5,9 @@ of the notebook (not copies of them) and check them against lightly's
 implementations, which the package uses: values and gradients, for several
 sizes and temperatures."""
 
+import sys
 from pathlib import Path
 
-import nbformat
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,17 +15,12 @@ from lightly.loss import DCLLoss, NTXentLoss
 from lightly.models.modules import NNMemoryBankModule
 from lightly.models.utils import update_momentum
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "01_deep_metric_learning.ipynb"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # chapter_code, under any import mode
+import chapter_code  # noqa: E402
 
 
 def defined(name):
-    """The function ``name`` as the chapter's one code cell that defines it defines it."""
-    cells = [c for c in nbformat.read(NOTEBOOK, as_version=4).cells
-             if c.cell_type == "code" and f"def {name}(" in c.source]
-    assert len(cells) == 1, f"the chapter should define {name} in exactly one code cell"
-    namespace = {"torch": torch, "F": F}
-    exec(compile(cells[0].source, f"{NOTEBOOK.name}:{name}", "exec"), namespace)
-    return namespace[name]
+    return chapter_code.defined("01_deep_metric_learning.ipynb", name)
 
 
 @pytest.fixture(scope="module")

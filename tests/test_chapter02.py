@@ -4,25 +4,20 @@ cross-entropy. These tests execute those very cells of the notebook (not copies
 of them) and check them against lightly's losses, which the package uses:
 values, gradients, and what each does with a collapsed input."""
 
+import sys
 from pathlib import Path
 
-import nbformat
 import pytest
 import torch
 import torch.nn.functional as F
 from lightly.loss import DINOLoss, NegativeCosineSimilarity
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "02_self_distillation.ipynb"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # chapter_code, under any import mode
+import chapter_code  # noqa: E402
 
 
 def defined(name):
-    """The function ``name`` as the chapter's one code cell that defines it defines it."""
-    cells = [c for c in nbformat.read(NOTEBOOK, as_version=4).cells
-             if c.cell_type == "code" and f"def {name}(" in c.source]
-    assert len(cells) == 1, f"the chapter should define {name} in exactly one code cell"
-    namespace = {"torch": torch, "F": F}
-    exec(compile(cells[0].source, f"{NOTEBOOK.name}:{name}", "exec"), namespace)
-    return namespace[name]
+    return chapter_code.defined("02_self_distillation.ipynb", name)
 
 
 def tensors(count, n, dim, seed):
