@@ -101,9 +101,7 @@ def two_views(views, method: str):
 def forward_both(net, x0, x1):
     """One forward pass for both views when they have the same size (faster:
     half the kernel launches); batch-norm statistics then span both views."""
-    if x0.shape == x1.shape:
-        return net(torch.cat([x0, x1])).chunk(2)
-    return net(x0), net(x1)
+    return forward_views(net, [x0, x1])
 
 
 def forward_views(net, views: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -20,7 +20,8 @@ from lightly.loss import DINOLoss, NegativeCosineSimilarity
 from lightly.models.modules import DINOProjectionHead, SimSiamPredictionHead, SimSiamProjectionHead
 
 from cookbook import augment
-from cookbook.methods.base import Method, check_size, check_temperature, forward_both, forward_views, register, two_views
+from cookbook.methods.base import (Method, check_size, check_temperature, forward_both, forward_views, register,
+                                   two_views)
 from cookbook.models import mlp_head
 
 
