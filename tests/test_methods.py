@@ -14,7 +14,7 @@ def views(n=8, seed=0):
     return [torch.rand(n, 3, 32, 32, generator=g), torch.rand(n, 3, 32, 32, generator=g)]
 
 
-TWO_VIEW = sorted(set(methods.METHODS) - {"mae", "dino"})  # DINO: multi-crop, tested below
+TWO_VIEW = sorted(set(methods.METHODS) - {"mae", "dino", "swav", "wmse"})  # multi-crop, whitening: below
 
 
 @pytest.mark.parametrize("name", TWO_VIEW)
@@ -264,7 +264,7 @@ def test_dcl_loss_is_lightly_dcl_and_differs_from_simclr():
 def test_methods_live_in_their_family_module():
     from cookbook.methods import cca, contrastive, distillation, mim
     families = {contrastive: {"simclr", "moco", "nnclr", "dcl"}, distillation: {"byol", "simsiam", "dino"},
-                cca: {"vicreg"}, mim: {"mae"}}
+                cca: {"vicreg", "barlowtwins", "swav", "wmse"}, mim: {"mae"}}
     for module, names in families.items():
         assert {methods.METHODS[n].__module__ for n in names} == {module.__name__}
     assert set(methods.METHODS) == set().union(*families.values())
@@ -378,6 +378,161 @@ def test_vicreg_options():
         methods.VICReg(tiny(), mu=-1)
     with pytest.raises(ValueError, match="expander"):
         methods.VICReg(tiny(), proj_depth=0)
+
+
+# --- Barlow Twins ------------------------------------------------------------
+
+def reference_barlow(z0, z1, lam):
+    """Barlow Twins' loss from the paper's Eqs. 1-2: each dimension standardised over the
+    batch (biased variance), C = Z0^T Z1 / N, sum (1 - C_ii)^2 + lambda sum_{i != j} C_ij^2."""
+    def standardise(z):
+        return (z - z.mean(0)) / (z.var(0, unbiased=False) + 1e-5).sqrt()
+    c = standardise(z0).T @ standardise(z1) / len(z0)
+    on = (1 - c.diagonal()).pow(2).sum()
+    off = c.pow(2).sum() - c.diagonal().pow(2).sum()
+    return on + lam * off
+
+
+def test_barlow_twins_loss_matches_the_papers_equation():
+    m = methods.BarlowTwins(tiny(), lambda_=0.01).eval()
+    x = views(n=16)
+    with torch.no_grad():
+        z0, z1 = m.embedding(x[0]), m.embedding(x[1])
+    torch.testing.assert_close(m.loss(x), reference_barlow(z0, z1, 0.01), rtol=1e-4, atol=1e-4)
+
+
+def test_barlow_twins_identical_decorrelated_views_score_near_zero_and_collapse_scores_high():
+    from lightly.loss import BarlowTwinsLoss
+    loss = BarlowTwinsLoss(lambda_param=5e-3)
+    q, _ = torch.linalg.qr(torch.randn(512, 16))  # 16 orthogonal, centred-ish columns
+    z = (q - q.mean(0)) * 512 ** 0.5
+    assert float(loss(z, z)) < 0.2
+    collapsed = torch.randn(512, 1).repeat(1, 16) + 1e-3 * torch.randn(512, 16)
+    assert float(loss(collapsed, collapsed)) > 16 * 15 * 5e-3 * 0.9  # every off-diagonal term is ~1
+
+
+def test_barlow_twins_options():
+    m = methods.BarlowTwins(tiny(), proj_dim=64, proj_hidden=48)
+    assert [l.out_features for l in m.projector.modules() if isinstance(l, nn.Linear)] == [48, 48, 64]
+    assert m.embedding_dim == 64 and m.embedding(torch.rand(4, 3, 32, 32)).shape == (4, 64)
+    with pytest.raises(ValueError, match="lambda_"):
+        methods.BarlowTwins(tiny(), lambda_=-1)
+    with pytest.raises(ValueError, match="projector"):
+        methods.BarlowTwins(tiny(), proj_depth=0)
+
+
+# --- SwAV ------------------------------------------------------------------
+
+def reference_codes(scores, eps=0.05, iterations=3):
+    """Sinkhorn-Knopp as in the SwAV paper's Algorithm 1: Q = exp(s / eps)^T, then
+    alternately normalise prototypes' rows to 1/P and images' columns to 1/B."""
+    q = torch.exp(scores / eps).T
+    q /= q.sum()
+    p, b = q.shape
+    for _ in range(iterations):
+        q /= q.sum(1, keepdim=True) * p
+        q /= q.sum(0, keepdim=True) * b
+    return (q * b).T
+
+
+def test_swav_loss_is_the_swapped_prediction_of_sinkhorn_codes():
+    import torch.nn.functional as F
+    m = methods.SwAV(tiny(), n_prototypes=10, temperature=0.1).eval()
+    x = views(n=16)
+    loss = m.loss(x)  # normalises the prototypes first
+    with torch.no_grad():
+        s0, s1 = (m.prototypes(m.embedding(v)) for v in x)
+    q0, q1 = reference_codes(s0), reference_codes(s1)
+    expected = -0.5 * ((q0 * F.log_softmax(s1 / 0.1, 1)).sum(1).mean() + (q1 * F.log_softmax(s0 / 0.1, 1)).sum(1).mean())
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-4)
+    # codes are balanced: each prototype gets about B / P of the batch
+    torch.testing.assert_close(reference_codes(s0, iterations=50).sum(0), torch.full((10,), 1.6), rtol=1e-3, atol=1e-3)
+    norms = m.prototypes.heads[0].weight.norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+
+
+def test_swav_multi_crop_and_views():
+    m = methods.SwAV(tiny(), n_prototypes=8)
+    big = views(n=8)
+    small = [torch.rand(8, 3, 16, 16) for _ in range(3)]
+    loss = m.loss(big + small)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert m.prototypes.heads[0].weight.grad is not None
+    assert len(m.default_views(32)) == 8
+    with pytest.raises(ValueError, match="2 global views"):
+        m.loss(big[:1])
+    with pytest.raises(ValueError, match="2 global views"):
+        m.loss([big[0], small[0]])
+
+
+def test_swav_queue_fills_then_joins_the_sinkhorn_step():
+    torch.manual_seed(0)
+    m = methods.SwAV(tiny(), n_prototypes=8, queue_length=16)
+    x = views(n=8)
+    m.loss(x)
+    assert int(m.queue_filled) == 8 and m.queue[:, 8:].abs().sum() == 0  # half full: not used yet
+    m.loss(x)
+    assert int(m.queue_filled) == 16
+    torch.testing.assert_close(m.queue.norm(dim=2), torch.ones(2, 16))  # unit embeddings
+    plain = methods.SwAV(tiny(), n_prototypes=8)
+    plain.load_state_dict(m.state_dict(), strict=False)
+    m.eval(), plain.eval()  # same batch-norm statistics; eval also stops pushing
+    before = m.queue.clone()
+    assert not torch.allclose(m.loss(x), plain.loss(x))  # the queue changed the codes
+    torch.testing.assert_close(m.queue, before)
+
+
+def test_swav_prototypes_frozen_for_the_first_steps():
+    m = methods.SwAV(tiny(), n_prototypes=8, freeze_prototypes_steps=2)
+    m.loss(views()).backward()
+    assert m.prototypes.heads[0].weight.grad is None
+    m.after_step(0, 10), m.after_step(1, 10)
+    m.loss(views()).backward()
+    assert m.prototypes.heads[0].weight.grad is not None
+
+
+def test_swav_options_are_checked():
+    for bad in ({"n_prototypes": 1}, {"temperature": 0}, {"sinkhorn_iterations": 0}, {"queue_length": -1},
+                {"sinkhorn_epsilon": -0.1}):
+        with pytest.raises(ValueError):
+            methods.SwAV(tiny(), **bad)
+
+
+# --- W-MSE -----------------------------------------------------------------
+
+def whiten(z):
+    """The W-MSE paper's whitening: centre, then multiply by the inverse Cholesky factor
+    of the (unbiased) covariance, so the result has identity covariance."""
+    z = z - z.mean(0)
+    cov = z.T @ z / (len(z) - 1)
+    return z @ torch.linalg.inv(torch.linalg.cholesky(cov)).T
+
+
+def test_wmse_loss_is_the_mse_of_whitened_normalised_embeddings():
+    import torch.nn.functional as F
+    m = methods.WMSE(tiny(), proj_hidden=32, proj_dim=8, w_size=16).eval()
+    m.criterion.train()  # whiten with the batch's statistics (eval would use running ones)
+    x = views(n=16)
+    with torch.no_grad():
+        z0, z1 = m.embedding(x[0]), m.embedding(x[1])
+    w0, w1 = whiten(z0), whiten(z1)
+    torch.testing.assert_close(w0.T @ w0 / 15, torch.eye(8), rtol=1e-3, atol=1e-3)
+    expected = (F.normalize(w0) - F.normalize(w1)).pow(2).sum(1).mean()
+    torch.testing.assert_close(m.loss(x), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_wmse_sizes_are_checked_before_training():
+    with pytest.raises(ValueError, match="2 \\* proj_dim"):
+        methods.WMSE(tiny(), proj_dim=64, w_size=100)
+    m = methods.WMSE(tiny(), proj_hidden=32, proj_dim=8, w_size=16)
+    with pytest.raises(ValueError, match="multiple"):
+        m.loss(views(n=24))
+    with pytest.raises(ValueError, match="2 views"):
+        m.loss(views(n=16)[:1])
+    loss = m.loss(views(n=32))  # two sub-batches of 16
+    loss.backward()
+    assert torch.isfinite(loss) and m.backbone.net[1].weight.grad is not None
 
 
 # --- MAE -------------------------------------------------------------------

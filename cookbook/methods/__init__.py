@@ -5,7 +5,7 @@ the book (and of the SSL cookbook, Balestriero et al., 2023):
   the registry and :func:`build`;
 - :mod:`.contrastive`: deep metric learning (SimCLR, MoCo, NNCLR, DCL);
 - :mod:`.distillation`: self-distillation (BYOL, SimSiam, DINO);
-- :mod:`.cca`: canonical correlation analysis (VICReg);
+- :mod:`.cca`: canonical correlation analysis (VICReg, Barlow Twins, SwAV, W-MSE);
 - :mod:`.mim`: masked image modeling (MAE).
 
 A method is an ``nn.Module`` built from a backbone and options:
@@ -22,8 +22,8 @@ A method is an ``nn.Module`` built from a backbone and options:
 from cookbook.methods.base import METHODS, Method, build, register
 from cookbook.methods.contrastive import DCL, MoCo, NNCLR, SimCLR
 from cookbook.methods.distillation import BYOL, DINO, SimSiam
-from cookbook.methods.cca import VICReg
+from cookbook.methods.cca import WMSE, BarlowTwins, SwAV, VICReg
 from cookbook.methods.mim import MAE, random_patch_mask
 
 __all__ = ["METHODS", "Method", "build", "register", "SimCLR", "MoCo", "NNCLR", "DCL", "BYOL", "SimSiam", "DINO",
-           "VICReg", "MAE", "random_patch_mask"]
+           "VICReg", "BarlowTwins", "SwAV", "WMSE", "MAE", "random_patch_mask"]
