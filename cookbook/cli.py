@@ -263,6 +263,15 @@ def validate(args) -> dict:
 
     opts = run["options"]
     check_method_options(args.method, opts)
+    if args.method == "wmse":  # whitening sub-batches must tile each process's batch
+        from cookbook.methods import WMSE
+        w_size = opts.get("w_size", inspect.signature(WMSE).parameters["w_size"].default)
+        per_process = run["batch_size"] // world
+        if per_process < w_size or per_process % w_size:
+            raise UsageError(f"--batch-size {run['batch_size']}: W-MSE whitens sub-batches of w_size={w_size} "
+                             f"images, so each process's batch ({per_process}) must be a multiple of it; "
+                             f"pass --batch-size {max(w_size, per_process // w_size * w_size) * world} "
+                             f"or --set w_size=...")
     try:
         check_output_folder(args.out)
     except ValueError as e:

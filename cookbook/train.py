@@ -405,6 +405,8 @@ def fit(method, dataset, *, epochs: int | None = None, steps: int | None = None,
     if batch_size > n:
         raise ValueError(f"batch_size {batch_size} is larger than the train split ({n} images): "
                          f"use a smaller batch_size or a larger subset")
+    if hasattr(method, "check_batch_size"):  # any nn.Module with a loss may be trained
+        method.check_batch_size(batch_size // world)
     if lr is not None:
         _check_number(lr, "lr", 0, True, " (base learning rate per 256 images)")
     if weight_decay is not None:

@@ -503,3 +503,24 @@ def test_progress_bar_goes_to_stderr_and_summary_reports_the_k_used(capsys, tmp_
     assert "simclr" in err  # the bar, with the method as its label
     assert "(k=20, cosine" in out
     assert not math.isnan(float(out.split("kNN (test)")[1].split("%")[0]))
+
+
+# ---------------------------------------------------------------- W-MSE's whitening sub-batches
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "200"], "W-MSE whitens sub-batches of w_size=128 images, so each process's batch (200)"),
+    (["--batch-size", "64"], "pass --batch-size 128"),
+    (["--batch-size", "96", "--set", "w_size=64", "--set", "proj_dim=32"], "batch (96) must be a multiple"),
+])
+def test_wmse_batch_that_whitening_cannot_tile_is_refused_before_any_work(capsys, tmp_path, no_work, argv,
+                                                                          message):
+    assert message in refused(capsys, tmp_path, "--method", "wmse", "--device", "cpu", *argv)
+
+
+def test_fit_refuses_a_wmse_batch_before_the_first_step():
+    ds = data.load("shapes", subset=64, test_subset=32, image_size=16, seed=0)
+    m = methods.WMSE(models.backbone("resnet10", width=2, image_size=16), proj_hidden=16, proj_dim=8, w_size=16)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(ValueError, match="multiple of it"):
+        fit(m, ds, steps=1, batch_size=24, device="cpu", progress=False, log=False)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())

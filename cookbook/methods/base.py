@@ -58,6 +58,11 @@ class Method(nn.Module):
     def default_views(self, size: int = 32) -> augment.Views:
         return augment.simclr(size)
 
+    def check_batch_size(self, batch_size: int) -> None:
+        """Raises ValueError if this method cannot train on batches of
+        ``batch_size`` images per process (W-MSE whitens fixed sub-batches);
+        :func:`cookbook.train.fit` asks before the first step."""
+
     def fixed_lr_modules(self) -> list[nn.Module]:
         """Modules whose learning rate :func:`cookbook.train.fit` holds at its
         peak instead of decaying it (SimSiam's predictor); none by default."""

@@ -174,8 +174,9 @@ class SwAV(Method):
         self.prototypes = SwaVPrototypes(proj_dim, n_prototypes, freeze_prototypes_steps)
         self.temperature, self.queue_length = temperature, queue_length
         self.embedding_dim = proj_dim
+        # distributed: the codes are balanced over every process's images (each keeps its own queue)
         self.criterion = SwaVLoss(temperature=temperature, sinkhorn_iterations=sinkhorn_iterations,
-                                  sinkhorn_epsilon=sinkhorn_epsilon)
+                                  sinkhorn_epsilon=sinkhorn_epsilon, sinkhorn_gather_distributed=True)
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long), persistent=False)
         # queue[i]: the last queue_length embeddings of global view i, newest first
         self.register_buffer("queue", torch.zeros(2, queue_length, proj_dim), persistent=False)
@@ -252,15 +253,20 @@ class WMSE(Method):
         super().__init__(backbone, mlp_head(dim, proj_hidden, proj_dim, 2))
         self.w_size, self.w_iter = w_size, w_iter
         self.embedding_dim = proj_dim
+        # distributed: each process whitens sub-batches of its own images; nothing is gathered
         self.criterion = WMSELoss(embedding_dim=proj_dim, w_size=w_size, w_iter=w_iter, num_samples=2)
 
     def default_views(self, size: int = 32) -> augment.Views:
         return augment.simclr(size)
 
+    def check_batch_size(self, batch_size: int) -> None:
+        if batch_size < self.w_size or batch_size % self.w_size:
+            raise ValueError(f"W-MSE whitens sub-batches of w_size={self.w_size} images: the batch size "
+                             f"({batch_size} per process) must be a multiple of it. Change the batch size "
+                             f"or w_size.")
+
     def loss(self, views):
         x0, x1 = two_views(views, "W-MSE")
-        if len(x0) < self.w_size or len(x0) % self.w_size:
-            raise ValueError(f"W-MSE whitens sub-batches of w_size={self.w_size} images: the batch size "
-                             f"({len(x0)}) must be a multiple of it. Change batch_size or w_size.")
+        self.check_batch_size(len(x0))
         z0, z1 = forward_both(lambda x: self.projector(self.backbone(x)), x0, x1)
         return self.criterion(torch.cat([z0, z1]))
