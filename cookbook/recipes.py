@@ -107,7 +107,8 @@ CPU: dict[str, Recipe] = {
                    views=("dino", {**_GRAY_ROTATED, "n_local": 2, "local_scale": (0.3, 0.6)})),
     "vicreg": Recipe("vicreg", steps=600, lr=0.3),  # SGD: LARS was no better here, and slower
     # Barlow Twins' loss sums K = 512 squared terms, about twenty times VICReg's: at VICReg's
-    # lr it stayed below raw pixels, and a sixth of it learns (0.3: 0.34, 0.05: 0.49, 0.02: 0.46).
+    # lr it stayed below raw pixels, and a sixth of it learns (0.3: 0.34, 0.05: 0.49, 0.02: 0.46;
+    # lambda 0.02 or 0.001 instead of 5e-3: 0.21 and 0.30).
     # SwAV collapsed with 32 or 128 prototypes (RankMe 5-6, a queue did not help) and learns
     # with its paper's 3,000 (0.59). W-MSE learns with its paper's heads (0.70). Validation kNN,
     # one seed each: benchmarks/results/search-cca-cpu.jsonl.
