@@ -160,3 +160,38 @@ def test_run_recipe_seeds_the_weights_and_references_are_evaluated_like_models()
     factors = experiment.factor_table({"raw pixels": refs[0::3], "untrained": refs[1::3]}, ds)
     assert list(factors.columns) == ["hue R²", "x R²", "y R²", "scale R²", "class (%)"]
     assert " ± " in factors.loc["untrained", "hue R²"]
+
+
+@pytest.mark.filterwarnings("ignore:k = .* exceeds", "ignore:RankMe with N")
+def test_run_recipes_in_two_processes_returns_trained_runs_in_order():
+    from cookbook import recipes
+
+    ds = data.load("shapes", subset=96, test_subset=48, image_size=16, seed=0)
+    tiny = recipes.recipe("simclr").with_(width=8, steps=2, batch_size=32)
+    jobs = [dict(recipe=tiny, seed=s, setting=t, name=f"τ {t}", temperature=t)
+            for t, s in ((0.1, 0), (0.5, 1), (1.0, 2))]
+    runs = experiment.run_recipes(jobs, ds, workers=2, log=False)
+    assert [(r.name, r.setting, r.seed) for r in runs] == [("τ 0.1", 0.1, 0), ("τ 0.5", 0.5, 1), ("τ 1.0", 1.0, 2)]
+    assert [r.method.temperature for r in runs] == [0.1, 0.5, 1.0]
+    assert all(r.history.steps == 2 and r.seconds > 0 and 0 <= r.metrics["knn_test"] <= 1 for r in runs)
+    # the model came back trained: its weights differ from the seeded initial ones
+    torch.manual_seed(0)
+    initial = tiny.build(ds.image_size)
+    assert not torch.equal(next(initial.parameters()), next(runs[0].method.parameters()))
+    assert next(runs[0].method.parameters()).device.type == "cpu"
+    one = experiment.run_recipes(jobs[:1], ds, workers=1, log=False)[0]
+    assert one.metrics == experiment.run_recipe(tiny, ds, seed=0, setting=0.1, log=False,
+                                                temperature=0.1).metrics
+
+
+def test_run_recipes_rejects_bad_jobs_before_training():
+    from cookbook import recipes
+
+    ds = data.load("shapes", subset=96, test_subset=48, image_size=16, seed=0)
+    tiny = recipes.recipe("simclr").with_(width=8, steps=2, batch_size=32)
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        experiment.run_recipes([dict(recipe=tiny)], ds, workers=0)
+    with pytest.raises(ValueError, match="job 1 has no 'recipe'"):
+        experiment.run_recipes([dict(recipe=tiny), dict(seed=1)], ds)
+    with pytest.raises(ValueError, match="job 0 has a network of width 4.*workers=1"):
+        experiment.run_recipes([dict(recipe=tiny.with_(width=4))] * 2, ds, workers=2)
