@@ -176,10 +176,11 @@ def run_recipes(jobs: list[dict], dataset, *, workers: int = 1, log: bool = True
     With ``workers > 1`` the jobs go to that many processes, each with
     ``cpu_count // workers`` torch threads, and their runs come back in the
     jobs' order, trained models included (on the CPU). On 2 CPU cores two
-    one-thread runs at once ran at 0.38-0.40 s a step each against 0.365 s
-    for one two-thread run (SimCLR, width 16, batch 256): 1.9× the
-    throughput, so a study takes about half the time, and a run's
-    ``seconds`` is its own one-thread wall time, about twice a lone run's.
+    one-thread runs at once ran at 0.43 and 0.44 s a step each against 0.38 s
+    for one two-thread run (SimCLR, width 16, batch 256; 1.75× the
+    throughput: ``python benchmarks/parallel_runs.py``), so a study takes
+    a little over half the time, and a run's ``seconds`` is its own
+    one-thread wall time, more than a lone run's.
     One-thread kernels round differently from two-thread ones, so the same
     job's numbers differ slightly between the two ways. On one GPU keep
     ``workers=1``.
