@@ -134,7 +134,7 @@ def test_run_recipe_seeds_the_weights_and_references_are_evaluated_like_models()
     from cookbook import recipes
 
     ds = data.load("shapes", subset=96, test_subset=48, image_size=16, seed=0)
-    tiny = recipes.recipe("simclr").with_(width=2, steps=2, batch_size=32)
+    tiny = recipes.recipe("simclr").with_(width=8, steps=2, batch_size=32)
     a, b = (experiment.run_recipe(tiny, ds, seed=3, setting="x", log=False) for _ in range(2))
     assert a.seed == 3 and a.setting == "x" and a.history.steps == 2
     assert a.metrics == b.metrics, "the same seed must give the same run"
