@@ -118,7 +118,7 @@ def test_as_setting_shares_the_trained_model(study):
 def test_run_trains_and_evaluates_backbone_and_projector():
     ds = data.load("shapes", subset=128, test_subset=64, seed=0)
     torch.manual_seed(0)
-    r = experiment.run("tiny", methods.SimCLR(models.resnet18(2)), ds, setting=0.5, embedding=True, log=False,
+    r = experiment.run("tiny", methods.SimCLR(models.resnet18(8)), ds, setting=0.5, embedding=True, log=False,
                        epochs=1, batch_size=32, device="cpu")
     assert r.setting == 0.5 and r.history.steps == 4 and r.seconds > 0
     assert set(r.metrics) == {"knn_val", "knn_test", "linear_val", "linear_test", "rankme", "rankme_rep",
