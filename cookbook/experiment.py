@@ -41,8 +41,8 @@ from scipy.stats import spearmanr
 from cookbook import evaluate
 from cookbook.train import History, fit
 
-__all__ = ["CRITERIA", "COLUMNS", "Run", "run", "run_recipe", "run_recipes", "references", "by_setting", "mean_sd", "table",
-           "table_rows", "choose", "selection_table", "factor_table", "spearman"]
+__all__ = ["CRITERIA", "COLUMNS", "Run", "run", "run_recipe", "run_recipes", "references", "by_setting", "mean_sd",
+           "table", "table_rows", "choose", "selection_table", "factor_table", "spearman"]
 
 CRITERIA = ("linear_val", "knn_val", "rankme", "rankme_rep", "alpha")
 
@@ -180,14 +180,13 @@ def run_recipes(jobs: list[dict], dataset, *, workers: int = 1, log: bool = True
     for one two-thread run (SimCLR, width 16, batch 256; 1.75× the
     throughput: ``python benchmarks/parallel_runs.py``), so a study takes
     a little over half the time, and a run's ``seconds`` is its own
-    one-thread wall time, more than a lone run's.
-    One-thread kernels round differently from two-thread ones, so the same
-    job's numbers differ slightly between the two ways. On one GPU keep
+    one-thread wall time, more than a lone run's. One-thread kernels round
+    differently from two-thread ones, so the same job's numbers differ
+    slightly between the two ways. On one GPU keep
     ``workers=1``.
 
-    Networks of width < 8 are refused with several workers: torch 2.14's
-    one-thread CPU backward corrupted the heap for them (width 4: ``double
-    free or corruption``), which kills a worker and hangs the pool.
+    A worker that dies (killed, out of memory) ends the call with
+    ``BrokenProcessPool`` instead of leaving it waiting.
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
@@ -195,20 +194,17 @@ def run_recipes(jobs: list[dict], dataset, *, workers: int = 1, log: bool = True
         if "recipe" not in job:
             raise ValueError(f"job {i} has no 'recipe': each job is a dict of run_recipe's keyword "
                              f"arguments with its recipe, e.g. dict(recipe=r, seed=0)")
-        if workers > 1 and job["recipe"].width < 8:
-            raise ValueError(f"job {i} has a network of width {job['recipe'].width}; with workers > 1 the "
-                             f"width must be at least 8 (one-thread torch crashed on narrower ones): "
-                             f"use workers=1")
     if workers == 1 or len(jobs) <= 1:
         return [run_recipe(dataset=dataset, log=log, **job) for job in jobs]
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     threads = max(1, (os.cpu_count() or workers) // workers)
     context = multiprocessing.get_context("spawn")  # a fork would copy torch's thread pools
     runs = []
-    with context.Pool(min(workers, len(jobs)), initializer=_start_worker,
-                      initargs=(dataset, threads)) as pool:
-        for result in pool.imap(_run_job, jobs):
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_start_worker,
+                             initargs=(dataset, threads)) as pool:
+        for result in pool.map(_run_job, jobs):
             if log:
                 _print_run(result)
             runs.append(result)

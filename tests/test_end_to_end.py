@@ -5,9 +5,12 @@ network scores below raw pixels; a broken augmentation, optimiser or loss
 does not learn the shape). MAE, evaluated as MIM is, must fine-tune with 10 %
 of the labels better than the same ViT trained from scratch on them.
 
-Margins are set from the seed spread measured by ``benchmarks/testbed.py``
-(mean − 2 sd over 3 seeds, rounded down; ``benchmarks/README.md`` has the
-table), so that a test neither flakes nor needs a lucky seed. Each run is
+Margins sit well under the means measured by ``benchmarks/testbed.py`` (3
+seeds; ``benchmarks/README.md`` has the table): on one machine the seeds
+spread little, but another CPU's kernels round differently and a run of 600
+steps lands elsewhere (CI's SimCLR scored 82.4 %, 2 points under the seeds
+measured here, and failed a margin of mean − 2 sd). A broken pipeline scores
+under raw pixels, so these margins still catch it. Each run is
 one ``python -m cookbook train --method M`` with no other option, in process.
 """
 
@@ -19,9 +22,9 @@ from cookbook import cli
 
 # kNN (test) minus raw-pixel kNN (test), as fractions; see the module docstring.
 MARGINS = {
-    "simclr": 0.42,   # kNN 0.851 / 0.849 / 0.843 against raw pixels 0.413: +43.5 ± 0.4 points
-    "vicreg": 0.43,   # 0.899 / 0.865 / 0.899: +47.5 ± 1.9 points
-    "simsiam": 0.21,  # 0.684 / 0.645 / 0.664: +25.2 ± 2.0 points
+    "simclr": 0.35,   # kNN 0.851 / 0.849 / 0.843 against raw pixels 0.413: +43.5 ± 0.4 points
+    "vicreg": 0.35,   # 0.899 / 0.865 / 0.899: +47.5 ± 1.9 points
+    "simsiam": 0.15,  # 0.684 / 0.645 / 0.664: +25.2 ± 2.0 points
 }
 # One representative per family keeps CI inside its 30 minutes. BYOL (+34.6 ± 4.7 points
 # at 1,200 steps, twice the others' run) is measured instead by chapter 02's committed

@@ -167,7 +167,8 @@ def test_run_recipes_in_two_processes_returns_trained_runs_in_order():
     from cookbook import recipes
 
     ds = data.load("shapes", subset=96, test_subset=48, image_size=16, seed=0)
-    tiny = recipes.recipe("simclr").with_(width=8, steps=2, batch_size=32)
+    # width 4: one-thread workers crashed on it while fit trained it in channels_last
+    tiny = recipes.recipe("simclr").with_(width=4, steps=2, batch_size=32)
     jobs = [dict(recipe=tiny, seed=s, setting=t, name=f"τ {t}", temperature=t)
             for t, s in ((0.1, 0), (0.5, 1), (1.0, 2))]
     runs = experiment.run_recipes(jobs, ds, workers=2, log=False)
@@ -193,5 +194,3 @@ def test_run_recipes_rejects_bad_jobs_before_training():
         experiment.run_recipes([dict(recipe=tiny)], ds, workers=0)
     with pytest.raises(ValueError, match="job 1 has no 'recipe'"):
         experiment.run_recipes([dict(recipe=tiny), dict(seed=1)], ds)
-    with pytest.raises(ValueError, match="job 0 has a network of width 4.*workers=1"):
-        experiment.run_recipes([dict(recipe=tiny.with_(width=4))] * 2, ds, workers=2)

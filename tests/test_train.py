@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from cookbook import data, methods, models
-from cookbook.train import (CHECKPOINT_NAME, NonFiniteLossError, fit, load_checkpoint, lr_at, save_atomic,
-                            scaled_lr)
+from cookbook.train import (CHECKPOINT_NAME, NonFiniteLossError, fit, load_checkpoint, lr_at, memory_format,
+                            save_atomic, scaled_lr)
 
 
 def tiny_run(**kw):
@@ -36,6 +36,29 @@ def test_warmup_then_cosine():
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))           # then never rising
     assert lrs[-1] == pytest.approx(0.0, abs=1e-9)
     assert lr_at(55, 100, 10, 1.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 89)), rel=1e-6)
+
+
+def test_channels_last_except_where_one_thread_cpu_torch_crashes():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
+    assert memory_format(models.resnet10(8), cpu) == torch.channels_last
+    assert memory_format(models.resnet10(4), cpu) == torch.contiguous_format  # stride-2 conv from 4 channels
+    assert memory_format(models.vit_tiny(16, dim=32, depth=1, heads=2), cpu) == torch.contiguous_format  # patches
+    assert memory_format(models.resnet10(4), cuda) == torch.channels_last
+
+
+def test_narrow_network_trains_with_one_thread():
+    """The crash that memory_format avoids: width 4, torch on one thread."""
+    code = textwrap.dedent("""
+        import cookbook, torch
+        from cookbook import data, methods, models
+        from cookbook.train import fit
+        torch.set_num_threads(1)
+        ds = data.load("shapes", subset=64, test_subset=32, image_size=16, seed=0)
+        fit(methods.SimCLR(models.resnet18(4)), ds, steps=3, batch_size=16, progress=False, log=False)
+        print("trained")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "trained" in result.stdout, result.stderr[-2000:]
 
 
 def test_fit_history_and_checkpoint(tmp_path):
