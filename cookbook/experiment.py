@@ -161,9 +161,28 @@ def _start_worker(dataset, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_job(job: dict) -> Run:
+def _in_workers(task, jobs: list, dataset, workers: int):
+    """``task(job, dataset)`` for each job in ``workers`` spawned processes of
+    ``cpu_count // workers`` torch threads each; yields the results in the
+    jobs' order. A worker that dies ends the loop with ``BrokenProcessPool``."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or workers) // workers)
+    context = multiprocessing.get_context("spawn")  # a fork would copy torch's thread pools
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_start_worker,
+                             initargs=(dataset, threads)) as pool:
+        yield from pool.map(_call_in_worker, [(task, job) for job in jobs])
+
+
+def _call_in_worker(task_and_job):
+    task, job = task_and_job
+    return task(job, _WORKER_DATASET)
+
+
+def _run_job(job: dict, dataset) -> Run:
     job = dict(job)
-    result = run_recipe(job.pop("recipe"), _WORKER_DATASET, log=False, **job)
+    result = run_recipe(job.pop("recipe"), dataset, log=False, **job)
     result.method.cpu()  # it comes back to the parent by pickling
     return result
 
@@ -196,23 +215,16 @@ def run_recipes(jobs: list[dict], dataset, *, workers: int = 1, log: bool = True
                              f"arguments with its recipe, e.g. dict(recipe=r, seed=0)")
     if workers == 1 or len(jobs) <= 1:
         return [run_recipe(dataset=dataset, log=log, **job) for job in jobs]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    threads = max(1, (os.cpu_count() or workers) // workers)
-    context = multiprocessing.get_context("spawn")  # a fork would copy torch's thread pools
     runs = []
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_start_worker,
-                             initargs=(dataset, threads)) as pool:
-        for result in pool.map(_run_job, jobs):
-            if log:
-                _print_run(result)
-            runs.append(result)
+    for result in _in_workers(_run_job, jobs, dataset, workers):
+        if log:
+            _print_run(result)
+        runs.append(result)
     return runs
 
 
 def references(recipe, dataset, *, seeds=(0,), ceiling_steps: int | None = None, device=None,
-               log: bool = True) -> list[Run]:
+               log: bool = True, workers: int = 1) -> list[Run]:
     """The floors and the ceiling every accuracy is read against, as runs.
 
     For each seed, three runs evaluated like any trained model
@@ -225,35 +237,59 @@ def references(recipe, dataset, *, seeds=(0,), ceiling_steps: int | None = None,
     of the recipe's batch size; then frozen and probed like the others). The
     supervised runs also hold ``end_to_end_test``: the test accuracy of the
     network's own classifier. Training a ceiling costs about half an SSL run
-    of the same steps (one view per image).
+    of the same steps (one view per image). With ``workers > 1`` the seeds
+    run that many at a time, as in :func:`run_recipes`.
     """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    jobs = [dict(recipe=recipe, seed=seed, steps=ceiling_steps or recipe.steps, device=device)
+            for seed in seeds]
+    if workers == 1 or len(jobs) <= 1:
+        per_seed = (_references_of_seed(job, dataset) for job in jobs)
+    else:
+        per_seed = _in_workers(_references_of_seed_on_cpu, jobs, dataset, workers)
+    runs = []
+    for seed_runs in per_seed:
+        for r in seed_runs:
+            runs.append(r)
+            if log:
+                print(f"{r.setting:<12} seed {r.seed}  kNN test {r.metrics['knn_test']:.3f}  linear "
+                      f"{r.metrics['linear_test']:.3f}  RankMe {r.metrics['rankme']:6.1f}  alpha "
+                      f"{r.metrics['alpha']:.2f}", flush=True)
+    return runs
+
+
+def _references_of_seed(job: dict, dataset) -> list[Run]:
+    """The raw-pixel, untrained and supervised runs of one seed (:func:`references`)."""
     from torch import nn
 
     from cookbook.methods import Method
 
+    recipe, seed, steps, device = job["recipe"], job["seed"], job["steps"], job["device"]
+    torch.manual_seed(seed)
+    untrained = recipe.build(dataset.image_size).to(device)
+    start = time.perf_counter()
+    accuracy, model = evaluate.fine_tune(untrained.backbone, dataset, labelled_fraction=1.0, steps=steps,
+                                         batch_size=recipe.batch_size, seed=seed, device=device,
+                                         return_model=True)
+    seconds = time.perf_counter() - start
+    supervised = Method(model[0])
     runs = []
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    steps = ceiling_steps or recipe.steps
-    for seed in seeds:
-        torch.manual_seed(seed)
-        untrained = recipe.build(dataset.image_size).to(device)
-        start = time.perf_counter()
-        accuracy, model = evaluate.fine_tune(untrained.backbone, dataset, labelled_fraction=1.0, steps=steps,
-                                             batch_size=recipe.batch_size, seed=seed, device=device,
-                                             return_model=True)
-        seconds = time.perf_counter() - start
-        supervised = Method(model[0])
-        for setting, method, wall in (("raw pixels", Method(nn.Flatten()), 0.0), ("untrained", untrained, 0.0),
-                                      ("supervised", supervised, seconds)):
-            scores = evaluate.evaluate_model(method, dataset, seed=seed)
-            if setting == "supervised":
-                scores["end_to_end_test"] = accuracy
-            history = History(steps=steps if setting == "supervised" else 0, wall_time_s=wall)
-            runs.append(Run(setting, setting, method, history, scores, seed=seed))
-            if log:
-                print(f"{setting:<12} seed {seed}  kNN test {scores['knn_test']:.3f}  linear "
-                      f"{scores['linear_test']:.3f}  RankMe {scores['rankme']:6.1f}  alpha "
-                      f"{scores['alpha']:.2f}", flush=True)
+    for setting, method, wall in (("raw pixels", Method(nn.Flatten()), 0.0), ("untrained", untrained, 0.0),
+                                  ("supervised", supervised, seconds)):
+        scores = evaluate.evaluate_model(method, dataset, seed=seed)
+        if setting == "supervised":
+            scores["end_to_end_test"] = accuracy
+        history = History(steps=steps if setting == "supervised" else 0, wall_time_s=wall)
+        runs.append(Run(setting, setting, method, history, scores, seed=seed))
+    return runs
+
+
+def _references_of_seed_on_cpu(job: dict, dataset) -> list[Run]:
+    runs = _references_of_seed(job, dataset)
+    for r in runs:
+        r.method.cpu()  # they come back to the parent by pickling
     return runs
 
 

@@ -185,6 +185,24 @@ def test_run_recipes_in_two_processes_returns_trained_runs_in_order():
                                                 temperature=0.1).metrics
 
 
+@pytest.mark.filterwarnings("ignore:k = .* exceeds", "ignore:RankMe with N")
+def test_references_in_two_processes_come_back_in_seed_order():
+    from cookbook import recipes
+
+    ds = data.load("shapes", subset=96, test_subset=48, image_size=16, seed=0)
+    tiny = recipes.recipe("simclr").with_(width=4, steps=2, batch_size=32)
+    both = experiment.references(tiny, ds, seeds=(0, 1), ceiling_steps=2, log=False, workers=2)
+    assert [(r.setting, r.seed) for r in both] == [(name, seed) for seed in (0, 1)
+                                                  for name in ("raw pixels", "untrained", "supervised")]
+    alone = experiment.references(tiny, ds, seeds=(1,), ceiling_steps=2, log=False)
+    # the floors do not depend on threads: raw pixels exactly, the seeded untrained net to rounding
+    assert both[3].metrics["knn_test"] == alone[0].metrics["knn_test"]
+    assert both[4].metrics["rankme"] == pytest.approx(alone[1].metrics["rankme"], rel=1e-3)
+    assert both[5].history.steps == 2 and next(both[5].method.parameters()).device.type == "cpu"
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        experiment.references(tiny, ds, workers=0)
+
+
 def test_run_recipes_rejects_bad_jobs_before_training():
     from cookbook import recipes
 
