@@ -19,7 +19,7 @@ import chapter_code  # noqa: E402
 
 
 def defined(name):
-    return chapter_code.defined("drafts/03_canonical_correlation.ipynb", name)  # not yet run at cpu
+    return chapter_code.defined("03_canonical_correlation.ipynb", name)
 
 
 def randn(n, dim, seed, grad=False):
