@@ -57,9 +57,10 @@ def run_setting(setting: dict, device: str) -> dict:
     net = models.backbone(s["backbone"], width=s["width"], image_size=ds.image_size, **s["vit"])
     if s["method"] == "supervised":
         t0 = time.perf_counter()
-        out["test_acc"] = evaluate.fine_tune(net.to(device), ds, labelled_fraction=s["options"].get("fraction", 1.0),
-                                             steps=s["steps"], batch_size=s["batch_size"],
-                                             lr=s["lr"] or 1e-3, seed=s["seed"], device=device)
+        tune = dict(labelled_fraction=s["options"].get("fraction", 1.0), steps=s["steps"],
+                    batch_size=s["batch_size"], lr=s["lr"] or 1e-3, seed=s["seed"], device=device)
+        out["test_acc"] = evaluate.fine_tune(net.to(device), ds, **tune)
+        out["val_acc"] = evaluate.fine_tune(net.to(device), ds, split="val", **tune)
         out["seconds"] = time.perf_counter() - t0
         return out
     method = methods.build(s["method"], net, **s["options"])
@@ -82,8 +83,9 @@ def run_setting(setting: dict, device: str) -> dict:
     except ValueError:
         out["alpha"] = float("nan")
     if s["finetune"]:
-        out["finetune10"] = evaluate.fine_tune(method.backbone, ds, labelled_fraction=0.1, seed=s["seed"],
-                                               device=device)
+        tune = dict(labelled_fraction=0.1, seed=s["seed"], device=device)
+        out["finetune10"] = evaluate.fine_tune(method.backbone, ds, **tune)
+        out["finetune10_val"] = evaluate.fine_tune(method.backbone, ds, split="val", **tune)
     return out
 
 

@@ -354,10 +354,10 @@ def train(args) -> dict:
         "knn_test": float(knn), "knn_test_raw_pixels": float(knn_pixels), "knn_k": k,
         "rankme": float(metrics.rankme(emb)),
     }
-    if args.method == "mae":  # MIM's own evaluation: fine-tune with 10 % of the labels, against scratch
+    if args.method in ("mae", "simmim"):  # MIM's own evaluation: 10 % of the labels, against scratch
         fine_tune = {"labelled_fraction": 0.1, "steps": 300, "batch_size": 128, "seed": args.seed}
         result["finetune10_test"] = evaluate.fine_tune(method.backbone, ds, **fine_tune)
-        torch.manual_seed(args.seed)  # the same network, initialised as MAE initialises it, untrained
+        torch.manual_seed(args.seed)  # the same network, initialised as the method initialises it, untrained
         fresh = models.backbone(run["backbone"], width=run["width"], image_size=ds.image_size, **run["vit"])
         scratch = methods.build(args.method, fresh, **opts).backbone.to(history.device)
         result["finetune10_test_scratch"] = evaluate.fine_tune(scratch, ds, **fine_tune)

@@ -520,14 +520,21 @@ def evaluate_model(model: nn.Module, dataset, which: str = "representation", val
 
 def fine_tune(backbone: nn.Module, dataset, *, labelled_fraction: float = 0.1, steps: int = 300,
               batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0,
-              device: str | torch.device | None = None, return_model: bool = False) -> float | tuple:
+              device: str | torch.device | None = None, return_model: bool = False,
+              split: str = "test") -> float | tuple:
     """Test accuracy of ``backbone`` fine-tuned end to end with a linear head
     on ``labelled_fraction`` of the training labels (stratified, seeded).
+
+    ``split="val"`` scores on a validation split instead (10 % of train,
+    :func:`validation_split` with seed 0, the split recipes are chosen on);
+    the labelled images are then drawn from the other 90 %.
 
     The backbone is copied (the caller's stays as it was). AdamW with a linear
     warm-up over the first 10 % of ``steps`` then cosine decay, cross-entropy,
     random resized crops (scale 0.5-1) and flips; batch norm in train mode.
-    Nothing is chosen on the test split: the protocol is fixed. With an
+    Nothing is chosen on the test split: the protocol is fixed. ``seed``
+    sets the labelled subset, the head's initial weights, the batches and the
+    augmentations, so one backbone and seed give one result. With an
     untrained backbone and ``labelled_fraction=1`` it is the supervised
     baseline at that budget (the "supervised ceiling" of the testbed).
 
@@ -541,14 +548,23 @@ def fine_tune(backbone: nn.Module, dataset, *, labelled_fraction: float = 0.1, s
         raise ValueError(f"labelled_fraction must be in (0, 1], got {labelled_fraction}")
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be 'test' or 'val', got {split!r}")
     device = torch.device(device or _model_device(backbone))
     train_x, train_y = dataset.split("train")
     test_x, test_y = dataset.split("test")
+    if split == "val":
+        fit_idx, val_idx = validation_split(train_y, 0.1, 0)
+        test_x, test_y = train_x[val_idx.to(train_x.device)], train_y[val_idx.to(train_y.device)]
+        train_x, train_y = train_x[fit_idx.to(train_x.device)], train_y[fit_idx.to(train_y.device)]
     if labelled_fraction < 1:
         keep, _ = validation_split(train_y, 1 - labelled_fraction, seed)
         train_x, train_y = train_x[keep.to(train_x.device)], train_y[keep.to(train_y.device)]
     train_x, train_y = train_x.to(device), train_y.to(device)
-    model = nn.Sequential(copy.deepcopy(backbone), nn.Linear(backbone.dim, dataset.num_classes)).to(device)
+    with torch.random.fork_rng(devices=[]):  # the head's initial weights follow `seed` too
+        torch.manual_seed(seed)
+        head = nn.Linear(backbone.dim, dataset.num_classes)
+    model = nn.Sequential(copy.deepcopy(backbone), head).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     view = augment.ViewSpec(size=dataset.image_size, min_scale=0.5, cj_prob=0.0, random_gray_scale=0.0)
     generator = torch.Generator(device).manual_seed(seed)

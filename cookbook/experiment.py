@@ -18,6 +18,8 @@ Criteria (:data:`CRITERIA`):
   a split carved from the training labels): the labelled baseline, scored
   against the same probe's test accuracy. It never sees test labels.
 - ``"knn_val"``: the highest kNN accuracy on that validation split.
+- ``"finetune_val"``: the highest validation accuracy of a fine-tune (runs
+  trained with ``fine_tune=``; masked image modeling is judged this way).
 - ``"rankme"``: the highest RankMe of the embedding (Garrido et al., 2023);
   ``"rankme_rep"``: of the representation. They differ when the projector
   changes: the embedding's rank is capped by the projector's output size.
@@ -44,7 +46,10 @@ from cookbook.train import History, fit
 __all__ = ["CRITERIA", "COLUMNS", "Run", "run", "run_recipe", "run_recipes", "references", "by_setting", "mean_sd",
            "table", "table_rows", "choose", "selection_table", "factor_table", "spearman"]
 
-CRITERIA = ("linear_val", "knn_val", "rankme", "rankme_rep", "alpha")
+CRITERIA = ("linear_val", "knn_val", "finetune_val", "rankme", "rankme_rep", "alpha")
+#: What :func:`selection_table` compares unless told: every criterion a run
+#: always has (``finetune_val`` only exists for runs that were fine-tuned).
+EVALUATED_CRITERIA = tuple(c for c in CRITERIA if c != "finetune_val")
 
 #: Column headers of :func:`table`, and how many decimals each keeps.
 #: Accuracies are shown in percent.
@@ -53,10 +58,13 @@ COLUMNS = {
     "linear_test": ("linear test (%)", 1),
     "emb_knn_test": ("kNN test, after g (%)", 1),
     "emb_linear_test": ("linear test, after g (%)", 1),
+    "finetune_val": ("fine-tune val (%)", 1), "finetune_test": ("fine-tune test (%)", 1),
+    "end_to_end_test": ("end-to-end test (%)", 1),
     "rankme": ("RankMe", 1), "rankme_rep": ("RankMe (repr.)", 1), "alpha": ("α-ReQ", 2),
     "final_loss": ("final loss", 3), "steps": ("steps", 0), "train_s": ("train (s)", 0),
 }
-_PERCENT = ("knn_val", "linear_val", "knn_test", "linear_test", "emb_knn_test", "emb_linear_test")
+_PERCENT = ("knn_val", "linear_val", "knn_test", "linear_test", "emb_knn_test", "emb_linear_test",
+            "finetune_val", "finetune_test", "end_to_end_test")
 
 
 @dataclass
@@ -67,7 +75,9 @@ class Run:
     (``knn_val``, ``knn_test``, ``linear_test``, ``alpha`` of the
     representation; ``rankme`` of the embedding, ``rankme_rep`` of the
     representation), plus ``emb_knn_test`` and ``emb_linear_test`` for the
-    projector's output when :func:`run` was asked for them. ``setting`` is the
+    projector's output when :func:`run` was asked for them, and
+    ``finetune_test`` and ``finetune_val`` when it was asked to fine-tune.
+    ``setting`` is the
     value the study varies (a number or a label), ``seed`` the training seed,
     ``seconds`` the training wall time and ``eval_seconds`` the evaluation's.
     """
@@ -98,14 +108,20 @@ class Run:
 
 
 def run(name: str, method, dataset, *, setting=None, embedding: bool = False, log: bool = True,
-        **fit_options) -> Run:
+        fine_tune: dict | None = None, **fit_options) -> Run:
     """Trains ``method`` on ``dataset`` with ``fit(method, dataset, **fit_options)``
     and evaluates it.
 
     ``embedding=True`` also scores the projector's output with kNN and the
     linear probe (``emb_knn_test``, ``emb_linear_test``): the guillotine
-    comparison of backbone against projector. Progress bars are off; with
-    ``log`` one line per run is printed.
+    comparison of backbone against projector. ``fine_tune`` (keyword
+    arguments of :func:`cookbook.evaluate.fine_tune`, e.g.
+    ``dict(labelled_fraction=0.1, steps=300)``) also fine-tunes a copy of the
+    backbone, seeded like the run, and scores it on the test split
+    (``finetune_test``); ``"split": "both"`` among them fine-tunes a second
+    copy scored on the validation split (``finetune_val``, to choose by).
+    Each fine-tune costs about ``steps`` supervised steps. Progress bars are
+    off; with ``log`` one line per run is printed.
     """
     fit_options.setdefault("progress", False)
     fit_options.setdefault("log", False)
@@ -116,6 +132,9 @@ def run(name: str, method, dataset, *, setting=None, embedding: bool = False, lo
         train_e, test_e = (evaluate.features(method, dataset, split, "embedding") for split in ("train", "test"))
         scores["emb_knn_test"] = evaluate.knn_accuracy(train_e, dataset.train_y, test_e, dataset.test_y)
         scores["emb_linear_test"] = evaluate.linear_probe(train_e, dataset.train_y, test_e, dataset.test_y)
+    if fine_tune is not None:
+        scores.update(_fine_tuned(method.backbone, dataset, fine_tune, fit_options.get("seed", 0),
+                                  fit_options.get("device")))
     result = Run(name, name if setting is None else setting, method, history, scores,
                  time.perf_counter() - start, fit_options.get("seed", 0))
     if log:
@@ -123,16 +142,27 @@ def run(name: str, method, dataset, *, setting=None, embedding: bool = False, lo
     return result
 
 
+def _fine_tuned(backbone, dataset, options: dict, seed: int, device) -> dict:
+    """``finetune_test`` (and ``finetune_val``) of ``backbone`` (see :func:`run`)."""
+    options = {"seed": seed, "device": device, **options}
+    split = options.pop("split", "test")
+    if split not in ("test", "val", "both"):
+        raise ValueError(f"fine_tune's split must be 'test', 'val' or 'both', got {split!r}")
+    splits = ("test", "val") if split == "both" else (split,)
+    return {f"finetune_{s}": evaluate.fine_tune(backbone, dataset, split=s, **options) for s in splits}
+
+
 def _print_run(run: Run) -> None:
     scores = run.metrics
     print(f"{run.name:<24} kNN val {scores['knn_val']:.3f}  kNN test {scores['knn_test']:.3f}  "
           f"linear {scores['linear_test']:.3f}  RankMe {scores['rankme']:6.1f}  alpha {scores['alpha']:.2f}  "
-          f"train {run.seconds:5.1f} s", flush=True)
+          + (f"  fine-tune {scores['finetune_test']:.3f}" if "finetune_test" in scores else "")
+          + f"  train {run.seconds:5.1f} s", flush=True)
 
 
 def run_recipe(recipe, dataset, *, seed: int = 0, setting=None, name: str | None = None,
                embedding: bool = False, device=None, log: bool = True, eval_every: int = 0,
-               eval_rankme: bool = False, **method_options) -> Run:
+               eval_rankme: bool = False, fine_tune: dict | None = None, **method_options) -> Run:
     """Trains a fresh model with a :class:`cookbook.recipes.Recipe` and evaluates it (:func:`run`).
 
     ``torch.manual_seed(seed)`` comes first, so every run of one architecture
@@ -143,12 +173,13 @@ def run_recipe(recipe, dataset, *, seed: int = 0, setting=None, name: str | None
     ``dataset``'s image size. ``eval_every`` and ``eval_rankme`` go to
     :func:`cookbook.train.fit`: a learning curve in ``run.history.epochs``
     (kNN on a validation split every k epochs, and RankMe if asked).
+    ``fine_tune`` goes to :func:`run` (masked image modeling's evaluation).
     """
     torch.manual_seed(seed)
     method = recipe.build(dataset.image_size, **method_options)
     views = recipe.make_views(method, dataset.image_size)
     return run(name or recipe.method, method, dataset, setting=setting, embedding=embedding, log=log,
-               views=views, device=device, seed=seed, eval_every=eval_every, eval_rankme=eval_rankme,
+               fine_tune=fine_tune, views=views, device=device, seed=seed, eval_every=eval_every, eval_rankme=eval_rankme,
                **recipe.fit_options())
 
 
@@ -224,7 +255,7 @@ def run_recipes(jobs: list[dict], dataset, *, workers: int = 1, log: bool = True
 
 
 def references(recipe, dataset, *, seeds=(0,), ceiling_steps: int | None = None, device=None,
-               log: bool = True, workers: int = 1) -> list[Run]:
+               log: bool = True, workers: int = 1, fine_tune: dict | None = None) -> list[Run]:
     """The floors and the ceiling every accuracy is read against, as runs.
 
     For each seed, three runs evaluated like any trained model
@@ -238,13 +269,16 @@ def references(recipe, dataset, *, seeds=(0,), ceiling_steps: int | None = None,
     supervised runs also hold ``end_to_end_test``: the test accuracy of the
     network's own classifier. Training a ceiling costs about half an SSL run
     of the same steps (one view per image). With ``workers > 1`` the seeds
-    run that many at a time, as in :func:`run_recipes`.
+    run that many at a time, as in :func:`run_recipes`. With ``fine_tune``
+    (as in :func:`run`) the untrained run is also fine-tuned: that is the
+    network trained *from scratch* with those labels and steps, the baseline
+    that masked image modeling's fine-tune must beat.
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    jobs = [dict(recipe=recipe, seed=seed, steps=ceiling_steps or recipe.steps, device=device)
-            for seed in seeds]
+    jobs = [dict(recipe=recipe, seed=seed, steps=ceiling_steps or recipe.steps, device=device,
+                 fine_tune=fine_tune) for seed in seeds]
     if workers == 1 or len(jobs) <= 1:
         per_seed = (_references_of_seed(job, dataset) for job in jobs)
     else:
@@ -281,6 +315,8 @@ def _references_of_seed(job: dict, dataset) -> list[Run]:
         scores = evaluate.evaluate_model(method, dataset, seed=seed)
         if setting == "supervised":
             scores["end_to_end_test"] = accuracy
+        if setting == "untrained" and job.get("fine_tune") is not None:
+            scores.update(_fine_tuned(untrained.backbone, dataset, job["fine_tune"], seed, device))
         history = History(steps=steps if setting == "supervised" else 0, wall_time_s=wall)
         runs.append(Run(setting, setting, method, history, scores, seed=seed))
     return runs
@@ -336,8 +372,10 @@ def table(runs: list[Run], columns=("knn_val", "knn_test", "linear_test", "rankm
     or "run"), every value rounded to the precision a single run supports.
     With several runs of a setting (its seeds, ``index="setting"``): one row
     per setting, each cell the text "mean ± sd" over the seeds (sample sd),
-    and a first column "seeds" with their number. The index's name is put in
-    the corner (``rename_axis``), so pandas prints no empty header row.
+    and a first column "seeds" with their number; a setting whose runs lack
+    a column (the raw pixels have no fine-tune) shows an empty cell. The
+    index's name is put in the corner (``rename_axis``), so pandas prints no
+    empty header row.
     """
     import pandas as pd
 
@@ -360,6 +398,9 @@ def table(runs: list[Run], columns=("knn_val", "knn_test", "linear_test", "rankm
         for setting, group in groups.items():
             row = {"seeds": len(group)}
             for key in columns:
+                if not all(key in r.row() for r in group):  # e.g. no fine-tune of raw pixels
+                    row[COLUMNS[key][0]] = ""
+                    continue
                 mean, sd, _ = mean_sd(group, key)
                 scale = 100 if key in _PERCENT else 1
                 row[COLUMNS[key][0]] = _format(scale * mean, scale * sd, COLUMNS[key][1])
@@ -411,7 +452,7 @@ def choose(runs: list[Run], criterion: str) -> Run:
 
 
 def selection_table(studies: dict[str, list[Run]], report: str = "linear_test",
-                    criteria: tuple[str, ...] = CRITERIA) -> list[dict]:
+                    criteria: tuple[str, ...] = EVALUATED_CRITERIA) -> list[dict]:
     """Had we chosen each study's setting by a criterion, what would we have got?
 
     A study is a list of runs that differ in one setting, with one run per

@@ -55,7 +55,8 @@ from cookbook.experiment import by_setting, spearman
 __all__ = [
     "COLORS", "COLUMN_PX", "DPI", "FIGURE_WIDTH", "MIN_TEXT_PT", "REFERENCE_STYLES", "RC", "color",
     "display_scale", "figure", "legend_outside", "plot_eigenspectrum", "plot_metric_vs_accuracy",
-    "plot_comparison", "plot_learning_curves", "plot_loss_curves", "plot_map", "plot_retrieval", "plot_singular_values", "plot_study",
+    "plot_comparison", "plot_image_rows", "plot_learning_curves", "plot_loss_curves", "plot_map",
+    "plot_retrieval", "plot_singular_values", "plot_study",
     "reference_lines", "study_colors", "style", "use_style",
 ]
 
@@ -129,6 +130,7 @@ REFERENCE_STYLES = {
     "raw_pixels": ("raw pixels", "0.35", "--"),
     "untrained": ("untrained network", "0.45", "-."),
     "supervised": ("supervised", COLORS["supervised"], (0, (6, 2))),
+    "scratch": ("from scratch, same labels", "0.2", (0, (1, 1))),
 }
 
 _MEASURES = {  # metric key: (legend label, marker, line style)
@@ -137,6 +139,8 @@ _MEASURES = {  # metric key: (legend label, marker, line style)
     "knn_val": ("kNN (validation)", "D", ":"),
     "emb_knn_test": ("kNN, projector output", "^", "-"),
     "emb_linear_test": ("linear, projector output", "v", "--"),
+    "finetune_test": ("fine-tune (test)", "^", "-."),
+    "finetune_val": ("fine-tune (validation)", "P", ":"),
 }
 
 
@@ -255,16 +259,19 @@ def legend_outside(ax, handles=None, labels=None, where: str = "auto", **options
 
 
 def reference_lines(ax, *, chance: float | None = None, raw_pixels: float | None = None,
-                    untrained: float | None = None, supervised: float | None = None) -> list:
+                    untrained: float | None = None, supervised: float | None = None,
+                    scratch: float | None = None) -> list:
     """Horizontal reference lines on an accuracy axis, in the axis's units (pass
     percentages on a % axis): chance (1 / number of classes), kNN or probe on
-    raw pixels, the same evaluation of an untrained network, and a supervised
-    model's accuracy (the ceiling). Lines left as None are not drawn. Each is
-    labelled for the legend ("raw pixels (31.2)"). Returns the lines drawn.
+    raw pixels, the same evaluation of an untrained network, a supervised
+    model's accuracy (the ceiling), and the network trained from scratch with
+    the labels a fine-tune gets (the baseline of masked image modeling).
+    Lines left as None are not drawn. Each is labelled for the legend
+    ("raw pixels (31.2)"). Returns the lines drawn.
     """
     drawn = []
     for key, value in (("chance", chance), ("raw_pixels", raw_pixels), ("untrained", untrained),
-                       ("supervised", supervised)):
+                       ("supervised", supervised), ("scratch", scratch)):
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
@@ -603,6 +610,34 @@ def plot_retrieval(queries, neighbours, query_labels=None, neighbour_labels=None
     return fig
 
 
+def plot_image_rows(rows: dict, class_names=None, labels=None):
+    """A grid of images: one row per entry of ``rows`` (``{row label: images}``,
+    each float ``(B, 3, H, W)`` in [0, 1], or uint8), the same ``B`` in every
+    row; pixels drawn as squares. ``labels`` (``(B,)`` ints, with
+    ``class_names``) title the columns. Returns the figure."""
+    rows = {name: (x.float() / 255 if x.dtype == torch.uint8 else x.float()).detach().cpu()
+            for name, x in rows.items()}
+    if not rows or len({len(x) for x in rows.values()}) != 1:
+        raise ValueError("plot_image_rows needs one or more rows with the same number of images")
+    n = len(next(iter(rows.values())))
+    side = min(FIGURE_WIDTH / (n + 1.2), 1.4)
+    fig, axes = plt.subplots(len(rows), n, figsize=(FIGURE_WIDTH, side * len(rows) + 0.35), dpi=DPI,
+                             squeeze=False, layout="constrained")
+    for i, (name, images) in enumerate(rows.items()):
+        for j in range(n):
+            ax = axes[i, j]
+            ax.imshow(images[j].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            if j == 0:  # a long label on two lines, so that it stays beside its row
+                ax.set_ylabel(name.replace(": ", ":\n") if len(name) > 12 else name, fontsize=10)
+            if i == 0 and labels is not None:
+                label = int(labels[j])
+                ax.set_title(class_names[label] if class_names else str(label), fontsize=10)
+    return fig
+
+
 def plot_map(points, colour_by: dict, titles: dict | None = None, class_names=None):
     """A 2-D map of a representation (e.g. t-SNE), one panel per colouring.
 
@@ -663,7 +698,9 @@ def plot_comparison(runs, accuracies=("knn_test", "linear_test"), references: di
         ax.set_title(_MEASURES.get(key, (key,))[0])
         ax.grid(axis="x", visible=False)
     axes.flat[0].set_ylabel("test accuracy (%)")
-    handles, labels = axes.flat[0].get_legend_handles_labels()  # the values differ by panel
-    legend_outside(axes.flat[0], handles, [label.split(" (")[0] for label in labels], where="below",
-                   figure_wide=True)
+    named = {}  # every panel's lines, once each; the values differ by panel, so they are left out
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            named.setdefault(label.split(" (")[0], handle)
+    legend_outside(axes.flat[0], list(named.values()), list(named), where="below", figure_wide=True)
     return fig

@@ -42,7 +42,7 @@ def test_choose_skips_nan_and_rejects_bad_input(study):
 
 def test_selection_table_reports_the_choice_and_its_regret(study):
     rows = experiment.selection_table({"temperature": study})
-    assert [r["chosen by"] for r in rows] == list(experiment.CRITERIA)
+    assert [r["chosen by"] for r in rows] == list(experiment.EVALUATED_CRITERIA)
     by = {r["chosen by"]: r for r in rows}
     assert by["knn_val"]["picks"] == [0.2] and by["knn_val"]["linear_test"][0] == 0.55
     assert by["rankme"]["linear_test"][0] == 0.45 and by["rankme"]["regret"][0] == pytest.approx(0.10)
@@ -155,6 +155,9 @@ def test_run_recipe_seeds_the_weights_and_references_are_evaluated_like_models()
     assert 0 <= supervised.metrics["end_to_end_test"] <= 1 and supervised.history.steps == 2
     frame = experiment.table(refs, columns=("knn_test",))
     assert list(frame.index) == ["raw pixels", "untrained", "supervised"] and (frame["seeds"] == 2).all()
+    ceiling = experiment.table(refs, columns=("knn_test", "end_to_end_test"))  # only "supervised" has it
+    assert ceiling.loc["raw pixels", "end-to-end test (%)"] == ""
+    assert " ± " in ceiling.loc["supervised", "end-to-end test (%)"]
 
     ds.factors = data.load("shapes", subset=96, test_subset=48, image_size=16, seed=0).factors
     factors = experiment.factor_table({"raw pixels": refs[0::3], "untrained": refs[1::3]}, ds)
@@ -212,3 +215,48 @@ def test_run_recipes_rejects_bad_jobs_before_training():
         experiment.run_recipes([dict(recipe=tiny)], ds, workers=0)
     with pytest.raises(ValueError, match="job 1 has no 'recipe'"):
         experiment.run_recipes([dict(recipe=tiny), dict(seed=1)], ds)
+
+
+@pytest.mark.filterwarnings("ignore:k = .* exceeds", "ignore:RankMe with N")
+def test_mim_runs_are_fine_tuned_and_scratch_is_the_untrained_references_fine_tune():
+    """MIM is judged by fine-tuning: a run asked to fine-tune carries the fine-tune's
+    accuracy, computed exactly as evaluate.fine_tune computes it from the trained
+    backbone; the references' untrained network, fine-tuned alike, is the scratch
+    baseline."""
+    from cookbook import recipes
+
+    ds = data.load("shapes", subset=96, test_subset=48, image_size=16, seed=0)
+    tiny = recipes.recipe("mae").with_(steps=2, batch_size=32, vit={**recipes.VIT_OPTIONS, "patch_size": 4,
+                                                                      "dim": 16, "depth": 1, "heads": 2})
+    tune = dict(labelled_fraction=0.5, steps=3, batch_size=16)
+    r = experiment.run_recipe(tiny, ds, seed=1, log=False, fine_tune=tune, decoder_dim=16, decoder_heads=2)
+    assert set(r.metrics) >= {"finetune_test", "knn_test"} and "finetune_val" not in r.metrics
+    assert r.metrics["finetune_test"] == evaluate.fine_tune(r.method.backbone, ds, seed=1, device="cpu", **tune)
+    both = experiment.run_recipe(tiny, ds, seed=1, log=False, fine_tune={**tune, "split": "both"},
+                                 decoder_dim=16, decoder_heads=2)
+    assert both.metrics["finetune_val"] == evaluate.fine_tune(both.method.backbone, ds, seed=1, split="val",
+                                                              **tune)
+    frame = experiment.table([r, both], columns=("finetune_test",), index="run")
+    assert frame.columns[0] == "fine-tune test (%)"
+    with pytest.raises(ValueError, match="split"):
+        experiment.run_recipe(tiny, ds, log=False, fine_tune={**tune, "split": "train"})
+
+    refs = experiment.references(tiny, ds, seeds=(0,), ceiling_steps=2, log=False, fine_tune=tune)
+    untrained = next(x for x in refs if x.setting == "untrained")
+    assert "finetune_test" in untrained.metrics
+    assert all("finetune_test" not in x.metrics for x in refs if x.setting != "untrained")
+    assert experiment.choose([r, both], "knn_val") in (r, both)
+
+
+def test_fine_tune_on_the_validation_split_never_reads_the_test_split():
+    ds = data.load("shapes", subset=96, test_subset=48, image_size=16, seed=0)
+    net = models.resnet10(2)
+    torch.manual_seed(0)
+    val = evaluate.fine_tune(net, ds, labelled_fraction=0.5, steps=2, batch_size=16, split="val")
+    ds.test_x = ds.test_x.zero_()  # a val score that read the test split would change
+    torch.manual_seed(0)
+    assert evaluate.fine_tune(net, ds, labelled_fraction=0.5, steps=2, batch_size=16, split="val") == val
+    _, held = evaluate.validation_split(ds.train_y, 0.1, 0)
+    assert val * len(held) == pytest.approx(round(val * len(held)))  # a fraction of the held-out images
+    with pytest.raises(ValueError, match="split"):
+        evaluate.fine_tune(net, ds, split="train")

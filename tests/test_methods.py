@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from cookbook import methods, models
+from cookbook.methods.mim import reconstruction_images
 
 
 def tiny():
@@ -14,7 +15,7 @@ def views(n=8, seed=0):
     return [torch.rand(n, 3, 32, 32, generator=g), torch.rand(n, 3, 32, 32, generator=g)]
 
 
-TWO_VIEW = sorted(set(methods.METHODS) - {"mae", "dino", "swav", "wmse"})  # multi-crop, whitening: below
+TWO_VIEW = sorted(set(methods.METHODS) - {"mae", "simmim", "dino", "swav", "wmse"})  # MIM, multi-crop, whitening: below
 
 
 @pytest.mark.parametrize("name", TWO_VIEW)
@@ -264,7 +265,7 @@ def test_dcl_loss_is_lightly_dcl_and_differs_from_simclr():
 def test_methods_live_in_their_family_module():
     from cookbook.methods import cca, contrastive, distillation, mim
     families = {contrastive: {"simclr", "moco", "nnclr", "dcl"}, distillation: {"byol", "simsiam", "dino"},
-                cca: {"vicreg", "barlowtwins", "swav", "wmse"}, mim: {"mae"}}
+                cca: {"vicreg", "barlowtwins", "swav", "wmse"}, mim: {"mae", "simmim"}}
     for module, names in families.items():
         assert {methods.METHODS[n].__module__ for n in names} == {module.__name__}
     assert set(methods.METHODS) == set().union(*families.values())
@@ -595,6 +596,77 @@ def test_mae_needs_a_vit_and_one_view():
         m.loss(views(n=2))
     assert len(m.default_views(16)) == 1
     assert m.representation(torch.rand(3, 3, 16, 16)).shape == (3, 32)
+
+
+# --- SimMIM ----------------------------------------------------------------
+
+def test_simmim_loss_is_l1_on_masked_raw_pixels_only():
+    torch.manual_seed(0)
+    m = methods.SimMIM(tiny_vit(), mask_ratio=0.5)
+    x = torch.rand(4, 3, 16, 16)
+    prediction, target, masked = m.reconstruct(x, torch.Generator().manual_seed(1))
+    assert prediction.shape == target.shape == (4, 8, 48) and masked.shape == (4, 8)
+    # raw pixels by default: the target is the masked patches of x itself
+    patches = x.reshape(4, 3, 4, 4, 4, 4).permute(0, 2, 4, 3, 5, 1).reshape(4, 16, 48)
+    torch.testing.assert_close(target, torch.stack([patches[i, masked[i]] for i in range(4)]))
+    # the loss is the mean absolute error of those patches, nothing else
+    g = torch.Generator().manual_seed(1)
+    torch.manual_seed(2)
+    p, t, _ = m.reconstruct(x, g)
+    torch.testing.assert_close(nn.functional.l1_loss(p, t), (p - t).abs().mean())
+    loss = m.loss([x])
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert m.backbone.vit.conv_proj.weight.grad is not None  # the encoder the probes use is trained
+    assert m.encoder.mask_token.grad is not None  # the mask token is learnt
+
+
+def test_simmim_replaces_masked_patches_by_the_mask_token():
+    """A masked patch's pixels cannot reach the encoder: changing them leaves every
+    output token unchanged, while changing a visible patch does not."""
+    torch.manual_seed(0)
+    m = methods.SimMIM(tiny_vit(), mask_ratio=0.5).eval()
+    x = torch.rand(1, 3, 16, 16)
+    _, masked = methods.random_patch_mask(1, 16, 0.5, torch.Generator().manual_seed(0))
+    encode = lambda images: m.encoder.encode(m.backbone.normalize(images), idx_mask=masked + 1)
+
+    def with_patch(index):
+        y = x.clone()
+        row, col = divmod(int(index), 4)
+        y[0, :, 4 * row:4 * row + 4, 4 * col:4 * col + 4] = 0.5
+        return y
+
+    visible = sorted(set(range(16)) - set(masked[0].tolist()))[0]
+    torch.testing.assert_close(encode(x), encode(with_patch(masked[0, 0])))
+    assert not torch.allclose(encode(x), encode(with_patch(visible)))
+    assert encode(x).shape == (1, 17, 32)  # every position, the class token first
+
+
+def test_simmim_needs_a_vit_and_one_view():
+    with pytest.raises(ValueError, match="vit_tiny"):
+        methods.SimMIM(tiny())
+    with pytest.raises(ValueError, match="ratio"):
+        methods.SimMIM(tiny_vit(), mask_ratio=1.0)
+    m = methods.build("simmim", tiny_vit())
+    with pytest.raises(ValueError, match="1 view"):
+        m.loss(views(n=2))
+    assert m.mask_ratio == 0.6 and not m.norm_pix  # the paper's defaults
+    assert m.representation(torch.rand(3, 3, 16, 16)).shape == (3, 32)
+
+
+@pytest.mark.parametrize("name", ["mae", "simmim"])
+def test_reconstruction_images_keep_the_visible_patches_and_grey_the_hidden(name):
+    torch.manual_seed(0)
+    m = methods.build(name, tiny_vit(), mask_ratio=0.75, **({"decoder_dim": 16, "decoder_depth": 1,
+                                                              "decoder_heads": 2} if name == "mae" else {}))
+    x = torch.rand(3, 3, 16, 16) * 0.3 + 0.6  # never grey, so a grey patch was masked
+    masked, rebuilt = reconstruction_images(m, x, seed=0)
+    assert masked.shape == rebuilt.shape == x.shape and m.training  # its mode is restored
+    tiles = lambda im: im.reshape(3, 3, 4, 4, 4, 4).permute(0, 2, 4, 1, 3, 5).reshape(3, 16, -1)
+    grey = (tiles(masked) == 0.5).all(-1)  # (B, P): which patches were hidden
+    assert (grey.sum(1) == 12).all()
+    torch.testing.assert_close(tiles(rebuilt)[~grey], tiles(x)[~grey])  # visible: the input itself
+    assert 0 <= rebuilt.min() and rebuilt.max() <= 1
 
 
 # --- DINO ------------------------------------------------------------------

@@ -246,10 +246,12 @@ def test_study_colours_are_stable_and_distinct_within_a_figure():
 def test_reference_lines():
     _, ax = plots.figure()
     ax.plot([0, 1], [30, 40])
-    lines = plots.reference_lines(ax, chance=10, raw_pixels=25.5, untrained=18.0, supervised=75.0)
-    assert [line.get_ydata()[0] for line in lines] == [10, 25.5, 18.0, 75.0]
+    lines = plots.reference_lines(ax, chance=10, raw_pixels=25.5, untrained=18.0, supervised=75.0,
+                                  scratch=41.0)
+    assert [line.get_ydata()[0] for line in lines] == [10, 25.5, 18.0, 75.0, 41.0]
     assert [line.get_label() for line in lines] == ["chance (10.0)", "raw pixels (25.5)",
-                                                    "untrained network (18.0)", "supervised (75.0)"]
+                                                    "untrained network (18.0)", "supervised (75.0)",
+                                                    "from scratch, same labels (41.0)"]
     assert ax.get_ylim()[0] <= 10 and ax.get_ylim()[1] >= 75
     assert plots.reference_lines(ax) == []
     for bad in (float("nan"), "10", True):
@@ -293,6 +295,13 @@ def test_plot_comparison_has_a_bar_per_method_and_references_per_panel():
     (raw,) = [line for line in linear_ax.get_lines() if line.get_label().startswith("raw pixels")]
     assert raw.get_ydata()[0] == 50.0
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["raw pixels"]
+    # a line drawn in one panel only is named in the legend too
+    for r in runs:
+        r.metrics["finetune_test"] = 0.5
+    fig = plots.plot_comparison(runs, accuracies=("linear_test", "finetune_test"),
+                                references={"linear_test": {"raw_pixels": 50.0},
+                                            "finetune_test": {"scratch": 41.0}})
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["raw pixels", "from scratch, same labels"]
 
 
 def test_plot_loss_curves_one_panel_per_method_with_chance():
@@ -345,6 +354,20 @@ def test_plot_retrieval_frames_neighbours_of_another_class():
     assert len(red) == 2
     with pytest.raises(ValueError, match="expected queries"):
         plots.plot_retrieval(images, torch.zeros(2, 3, 4, 4))
+
+
+def test_plot_image_rows_one_row_per_entry_titled_by_class():
+    images = torch.rand(5, 3, 4, 4)
+    fig = plots.plot_image_rows({"input": images, "masked": torch.zeros(5, 3, 4, 4, dtype=torch.uint8)},
+                                class_names=list("abcde"), labels=torch.arange(5))
+    assert len(fig.axes) == 10
+    assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()] == ["input", "masked"]
+    two_lines = plots.plot_image_rows({"SimMIM: rebuilt": images, "input": images})
+    assert two_lines.axes[0].get_ylabel() == "SimMIM:\nrebuilt"  # long labels on two lines
+    assert [ax.get_title() for ax in fig.axes[:5]] == list("abcde")
+    assert fig.get_figwidth() * 96 <= plots.COLUMN_PX
+    with pytest.raises(ValueError, match="same number"):
+        plots.plot_image_rows({"a": images, "b": images[:2]})
 
 
 def test_plot_map_colours_classes_and_factors():

@@ -147,7 +147,7 @@ def test_method_option_range_the_constructor_checks_exits_2(capsys, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--backbone", "vit_tiny", "--width", "4"], "--width sets a ResNet's width; vit_tiny has a fixed width"),
-    (["--backbone", "vit_tiny", "--image-size", "15"], "vit_tiny cuts 2x2 patches, so pass a multiple of 2"),
+    (["--backbone", "vit_tiny", "--image-size", "15"], "vit_tiny cuts 4x4 patches, so pass a multiple of 4"),
     (["--device", "tpu"], "--device: unknown device 'tpu'; use 'cpu', 'cuda' or 'cuda:N'"),
     (["--device", "meta"], "training runs on 'cpu' or 'cuda' only"),
     (["--dataset", "nosuch"], "unknown dataset 'nosuch'; valid names: shapes, cifar10, folder:PATH"),

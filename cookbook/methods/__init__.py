@@ -6,7 +6,7 @@ the book (and of the SSL cookbook, Balestriero et al., 2023):
 - :mod:`.contrastive`: deep metric learning (SimCLR, MoCo, NNCLR, DCL);
 - :mod:`.distillation`: self-distillation (BYOL, SimSiam, DINO);
 - :mod:`.cca`: canonical correlation analysis (VICReg, Barlow Twins, SwAV, W-MSE);
-- :mod:`.mim`: masked image modeling (MAE).
+- :mod:`.mim`: masked image modeling (MAE, SimMIM).
 
 A method is an ``nn.Module`` built from a backbone and options:
 
@@ -23,7 +23,7 @@ from cookbook.methods.base import METHODS, Method, build, register
 from cookbook.methods.contrastive import DCL, MoCo, NNCLR, SimCLR
 from cookbook.methods.distillation import BYOL, DINO, SimSiam
 from cookbook.methods.cca import WMSE, BarlowTwins, SwAV, VICReg
-from cookbook.methods.mim import MAE, random_patch_mask
+from cookbook.methods.mim import MAE, SimMIM, random_patch_mask
 
 __all__ = ["METHODS", "Method", "build", "register", "SimCLR", "MoCo", "NNCLR", "DCL", "BYOL", "SimSiam", "DINO",
-           "VICReg", "BarlowTwins", "SwAV", "WMSE", "MAE", "random_patch_mask"]
+           "VICReg", "BarlowTwins", "SwAV", "WMSE", "MAE", "SimMIM", "random_patch_mask"]
