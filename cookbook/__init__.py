@@ -10,7 +10,7 @@ One module per concern:
 - ``cookbook.train``     ``fit``: optimiser, schedule, checkpoints, history
 - ``cookbook.distributed`` torchrun: process group, gather with gradients, batch shares
 - ``cookbook.evaluate``  features, kNN, linear probe, fine-tuning
-- ``cookbook.metrics``   RankMe, alpha-ReQ, collapse report
+- ``cookbook.metrics``   RankMe, alpha-ReQ, LiDAR, collapse report
 - ``cookbook.experiment`` studies: train + evaluate a run, choose by a criterion
 - ``cookbook.plots``     spectra and metric-vs-accuracy figures
 - ``cookbook.budget``    notebook budgets and run cards

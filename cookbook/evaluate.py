@@ -44,6 +44,7 @@ __all__ = [
     "linear_probe",
     "sample_per_class",
     "validation_split",
+    "view_features",
 ]
 
 WHICH = ("representation", "embedding")
@@ -96,6 +97,44 @@ def features(model: nn.Module, dataset, split: str = "train", which: str = "repr
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
     return _run(model, _images(dataset, split), which, batch_size)
+
+
+@torch.no_grad()
+def view_features(model: nn.Module, dataset, view, n_images: int = 1000, n_views: int = 8,
+                  split: str = "train", which: str = "embedding", seed: int = 0,
+                  batch_size: int = 512) -> torch.Tensor:
+    """The features of ``n_views`` augmented views of each of ``n_images``
+    images (drawn at random, seeded), for :func:`cookbook.metrics.lidar`.
+
+    view: an :class:`cookbook.augment.ViewSpec` (e.g. the first of a method's
+    ``default_views(size).specs``). Returns float32 ``(n_images, n_views, D)``
+    on the CPU. Cost: ``n_images · n_views`` forward passes, in eval mode.
+    """
+    from cookbook import augment
+
+    if n_images < 2 or n_views < 2:
+        raise ValueError(f"view_features needs at least 2 images and 2 views, got {n_images} and {n_views}")
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+    images = _images(dataset, split)
+    if n_images > len(images):
+        raise ValueError(f"n_images = {n_images} but the {split} split has {len(images)} images")
+    generator = torch.Generator().manual_seed(seed)
+    chosen = images[torch.randperm(len(images), generator=generator)[:n_images]]
+    device, forward = _model_device(model), getattr(model, which)
+    view_generator = torch.Generator(device).manual_seed(seed + 1)
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        per_view = []
+        for _ in range(n_views):
+            out = [forward(augment.view(chosen[i:i + batch_size].to(device), view, view_generator)).float().cpu()
+                   for i in range(0, n_images, batch_size)]
+            per_view.append(torch.cat(out))
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+    return torch.stack(per_view, dim=1)
 
 
 def pixels(dataset, split: str = "train") -> torch.Tensor:

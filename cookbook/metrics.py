@@ -8,6 +8,11 @@
   representation quality in self-supervised learning by measuring eigenspectrum
   decay", NeurIPS 2022 (reference code: the ``fastssl`` repository). The
   exponent α of a power law λ_i ∝ i^(−α) fitted to the covariance eigenspectrum.
+- **LiDAR** — Thilak, Huang, Saremi, Dinh, Goh, Nakkiran, Susskind and
+  Littwin, "LiDAR: Sensing linear probing performance in joint embedding SSL
+  architectures", ICLR 2024. The same smooth rank, of the linear-discriminant
+  matrix whose classes are the views of each image: it needs several views per
+  image (:func:`lidar` takes ``(N, Q, D)``), not one embedding per image.
 - ``std_of_l2_normalized`` from ``lightly.utils.debug`` (Chen and He,
   "Exploring simple Siamese representation learning", CVPR 2021): about
   1/√D for healthy embeddings, 0 under complete collapse.
@@ -41,6 +46,7 @@ __all__ = [
     "eigenspectrum",
     "fit_power_law",
     "format_collapse_report",
+    "lidar",
     "rankme",
     "rankme_from_singular_values",
     "singular_values",
@@ -125,6 +131,60 @@ def rankme(Z, eps: float = 1e-7) -> float:
             stacklevel=2,
         )
     return rankme_from_singular_values(_gram_eigenvalues(Z).sqrt(), eps)
+
+
+def lidar(views, delta: float = 1e-4, eps: float = 1e-8) -> float:
+    """LiDAR (Thilak et al., ICLR 2024): RankMe's smooth rank of the linear
+    discriminant matrix in which every image is a class and its augmented views
+    are that class's samples. In [1, min(N - 1, D)].
+
+    views: ``(N, Q, D)``, the embeddings of Q >= 2 views of each of N >= 2
+    images (the paper: N = 1,000 images, Q = 50 views; every view is one
+    forward pass, so the cost is N·Q images). With μ_n the mean of image n's
+    views and μ the mean of the μ_n,
+
+        Σ_b = 1/N Σ_n (μ_n − μ)(μ_n − μ)ᵀ,
+        Σ_w = 1/(NQ) Σ_{n,q} (z_nq − μ_n)(z_nq − μ_n)ᵀ + δ I,
+        Σ   = Σ_w^(−1/2) Σ_b Σ_w^(−1/2),
+
+    and with λ the eigenvalues of Σ, ``p_k = λ_k / ‖λ‖₁ + ε`` and
+    LiDAR = exp(−Σ_k p_k log p_k). It counts the directions along which images
+    differ more than their own views do: an embedding invariant to the views
+    but constant across images scores ≈ 1, and one that separates images in k
+    directions as much as one another scores ≈ k. Unlike RankMe it is unchanged
+    by any invertible linear map of the embedding (up to δ), so the size of a
+    dimension does not count, only how well it tells images apart.
+
+    ``delta`` (δ, which keeps Σ_w invertible when the views agree exactly in
+    some direction) and ``eps`` (ε, as in RankMe) are the paper's two
+    regularisers; their values here are this package's choice, small against
+    the unit-scale embeddings it measures. Cost: O(N·Q·D²) time for the
+    scatter matrices and O(D³) for their eigendecompositions, float64.
+    """
+    Z = torch.as_tensor(views).detach()
+    if Z.ndim != 3:
+        raise ValueError(f"LiDAR takes the views of each image, shape (N, Q, D); got shape {tuple(Z.shape)}. "
+                         "Stack Q augmented views of N images, e.g. with cookbook.evaluate.view_features")
+    n, q, d = Z.shape
+    if n < 2 or q < 2:
+        raise ValueError(f"LiDAR needs at least 2 images and 2 views of each, got N = {n}, Q = {q}")
+    if not delta > 0:
+        raise ValueError(f"delta must be > 0 (it keeps the within-view scatter invertible), got {delta}")
+    Z = Z.to(torch.float64)
+    if not torch.isfinite(Z).all():
+        raise ValueError("the views contain NaN or inf")
+    means = Z.mean(dim=1)  # (N, D): each image's class mean
+    between = means - means.mean(dim=0)
+    sigma_b = between.T @ between / n
+    within = (Z - means[:, None]).reshape(n * q, d)
+    sigma_w = within.T @ within / (n * q) + delta * torch.eye(d, dtype=Z.dtype, device=Z.device)
+    w, basis = torch.linalg.eigh(sigma_w)
+    inverse_sqrt = basis @ torch.diag(w.rsqrt()) @ basis.T
+    lam = torch.linalg.eigvalsh(inverse_sqrt @ sigma_b @ inverse_sqrt).clamp_min(0).cpu()
+    if not lam.sum() > 0:
+        raise ValueError("every image has the same mean embedding: LiDAR is undefined (complete collapse)")
+    p = lam / lam.sum() + eps
+    return math.exp(-(p * p.log()).sum().item())
 
 
 def eigenspectrum(Z) -> torch.Tensor:

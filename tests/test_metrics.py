@@ -168,3 +168,70 @@ def test_collapse_report_healthy_dimensional_and_complete():
     assert math.isnan(complete["alpha"]) and math.isnan(complete["top_component_share"])
     line = metrics.format_collapse_report(complete)
     assert "complete collapse" in line and "\n" not in line
+
+
+# --- LiDAR -----------------------------------------------------------------
+
+def _designed_views(k: int, d: int, spread: float = 3.0, sigma: float = 0.5) -> torch.Tensor:
+    """2k images whose means are ±spread·e_i (i < k): Σ_b = spread²/k on k axes;
+    2d views of each at mean ± sigma·√d·e_j (j < d): Σ_w = sigma² I exactly."""
+    eye = torch.eye(d, dtype=torch.float64)
+    means = torch.cat([spread * eye[:k], -spread * eye[:k]])  # (2k, d)
+    offsets = sigma * d ** 0.5 * torch.cat([eye, -eye])  # (2d, d)
+    return means[:, None, :] + offsets[None, :, :]
+
+
+@pytest.mark.parametrize("k, d", [(1, 4), (3, 8), (8, 8), (5, 32)])
+def test_lidar_counts_the_directions_images_differ_in_more_than_their_views(k, d):
+    views = _designed_views(k, d)
+    assert metrics.lidar(views, delta=1e-9) == pytest.approx(k, rel=1e-4)
+
+
+def test_lidar_is_unchanged_by_an_invertible_linear_map_unlike_rankme():
+    gen = torch.Generator().manual_seed(0)
+    views = _designed_views(4, 16)
+    stretch = torch.randn(16, 16, generator=gen, dtype=torch.float64) + 4 * torch.eye(16, dtype=torch.float64)
+    mapped = views @ stretch
+    assert metrics.lidar(mapped, delta=1e-9) == pytest.approx(metrics.lidar(views, delta=1e-9), rel=1e-4)
+    flat = views.reshape(-1, 16)
+    assert abs(metrics.rankme(flat @ stretch) - metrics.rankme(flat)) > 0.5  # RankMe is not
+
+
+def test_lidar_of_views_that_carry_no_image_identity_is_near_full_rank_but_small_signal():
+    """Pure noise: every image's views are independent draws, so the image means
+    differ only by chance, equally in every direction: LiDAR is high (the
+    'degenerate full rank' case of a label-free metric)."""
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(400, 4, 16, generator=gen)
+    assert metrics.lidar(noise) > 14
+
+
+def test_lidar_rejects_bad_input_with_what_to_do():
+    with pytest.raises(ValueError, match=r"\(N, Q, D\)"):
+        metrics.lidar(torch.randn(10, 4))
+    with pytest.raises(ValueError, match="2 views"):
+        metrics.lidar(torch.randn(10, 1, 4))
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.lidar(torch.full((3, 2, 4), float("nan")))
+    with pytest.raises(ValueError, match="collapse"):
+        metrics.lidar(torch.ones(5, 3, 4))
+    with pytest.raises(ValueError, match="delta"):
+        metrics.lidar(torch.randn(5, 3, 4), delta=0.0)
+
+
+def test_view_features_stacks_views_of_each_image_for_lidar():
+    from cookbook import augment, data, evaluate, methods, models
+
+    ds = data.load("shapes", subset=64, test_subset=16, image_size=16)
+    torch.manual_seed(0)
+    model = methods.SimCLR(models.resnet10(4))
+    spec = augment.ViewSpec(size=16, min_scale=0.6)
+    views = evaluate.view_features(model, ds, spec, n_images=20, n_views=3, seed=1)
+    assert views.shape == (20, 3, model.embedding_dim) and views.dtype == torch.float32
+    assert not torch.allclose(views[:, 0], views[:, 1])  # different views
+    again = evaluate.view_features(model, ds, spec, n_images=20, n_views=3, seed=1)
+    assert torch.equal(views, again)  # seeded
+    assert model.training  # mode restored
+    assert metrics.lidar(views) >= 1
+    with pytest.raises(ValueError, match="n_images"):
+        evaluate.view_features(model, ds, spec, n_images=1000)
