@@ -1,12 +1,14 @@
-"""Benchmark: RankMe and α-ReQ against a linear probe on the same features.
+"""Benchmark: RankMe, α-ReQ and LiDAR against a linear probe on the same features.
 
 The α-ReQ paper (Agrawal et al., NeurIPS 2022) reports α about 16× cheaper to
 compute than a linear probe. This script times, on a synthetic 25,600 × 2,048
 float32 feature matrix with 10 classes (the RankMe paper's N, a ResNet-50's
 D), ``cookbook.metrics.rankme``, ``cookbook.metrics.alpha_req`` and
-``cookbook.evaluate.linear_probe`` with its default grid and epochs — on the
-CPU and, when one is available, on the GPU — and prints seconds and the
-probe/α ratio per device.
+``cookbook.evaluate.linear_probe`` with its default grid and epochs, and
+``cookbook.metrics.lidar`` on the same rows seen as ``--views`` views of each of
+N / views images (LiDAR needs several views per image; the timing does not
+depend on what the rows hold) — on the CPU and, when one is available, on the
+GPU — and prints seconds and the probe/α ratio per device.
 
     python benchmarks/metrics.py                 # CPU, plus CUDA if available
     python benchmarks/metrics.py --n 5000 --d 512 --devices cpu
@@ -47,6 +49,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=25_600)
     parser.add_argument("--d", type=int, default=2_048)
     parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--views", type=int, default=8, help="LiDAR: views per image (rows = images x views)")
     parser.add_argument("--devices", nargs="*", default=None, help="default: cpu, and cuda if available")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     args = parser.parse_args()
@@ -69,13 +72,17 @@ def main() -> None:
         # Warm-up: lazy imports, LAPACK, and on CUDA the context and cuBLAS/cuSOLVER handles.
         metrics.rankme(z[:4096])
         metrics.alpha_req(z[:4096])
+        metrics.lidar(z[:4096].reshape(-1, args.views, args.d))
         evaluate.linear_probe(z[:4096], y[:4096], z_test[:512], y_test[:512], epochs=1, device=device)
         seconds = {}
         seconds["rankme"], score = timed(lambda: metrics.rankme(z), device)
         seconds["alpha_req"], alpha = timed(lambda: metrics.alpha_req(z), device)
+        views = z[: args.n - args.n % args.views].reshape(-1, args.views, args.d)
+        seconds["lidar"], lidar = timed(lambda: metrics.lidar(views), device)
         seconds["linear_probe"], accuracy = timed(
             lambda: evaluate.linear_probe(z, y, z_test, y_test, device=device), device)
-        print(f"  RankMe {score:.1f}, α {alpha.alpha:.3f} (R² {alpha.r2:.3f}), probe accuracy {accuracy:.3f}")
+        print(f"  RankMe {score:.1f}, α {alpha.alpha:.3f} (R² {alpha.r2:.3f}), LiDAR {lidar:.1f} "
+              f"({len(views)} images x {args.views} views), probe accuracy {accuracy:.3f}")
         rows += [(op, label, s) for op, s in seconds.items()]
         rows.append(("probe / α", label, seconds["linear_probe"] / seconds["alpha_req"]))
 
