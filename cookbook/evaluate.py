@@ -24,6 +24,7 @@ Accuracies are fractions in [0, 1].
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import math
@@ -56,6 +57,20 @@ def _model_device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """``model`` in eval mode for the block, then every submodule's own flag back:
+    model.train(True) would also unfreeze submodules deliberately left in eval
+    mode (e.g. frozen BatchNorm)."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+
 @torch.no_grad()
 def _run(model: nn.Module, x: torch.Tensor, which: str, batch_size: int) -> torch.Tensor:
     """model.<which> over uint8 images x (N, 3, H, W) in eval mode; float32 (N, D) on CPU."""
@@ -64,18 +79,11 @@ def _run(model: nn.Module, x: torch.Tensor, which: str, batch_size: int) -> torc
     if x.dtype != torch.uint8:
         raise ValueError(f"images must be uint8 (N, 3, H, W), got {x.dtype}")
     device, forward = _model_device(model), getattr(model, which)
-    # Restore each submodule's own flag: model.train(True) would also unfreeze
-    # submodules that were deliberately left in eval mode (e.g. frozen BatchNorm).
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
+    with _eval_mode(model):
         out = [
             forward(x[i : i + batch_size].to(device, non_blocking=True).float().div_(255)).float().cpu()
             for i in range(0, len(x), batch_size)
         ]
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
@@ -123,17 +131,10 @@ def view_features(model: nn.Module, dataset, view, n_images: int = 1000, n_views
     chosen = images[torch.randperm(len(images), generator=generator)[:n_images]]
     device, forward = _model_device(model), getattr(model, which)
     view_generator = torch.Generator(device).manual_seed(seed + 1)
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        per_view = []
-        for _ in range(n_views):
-            out = [forward(augment.view(chosen[i:i + batch_size].to(device), view, view_generator)).float().cpu()
-                   for i in range(0, n_images, batch_size)]
-            per_view.append(torch.cat(out))
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
+    with _eval_mode(model):
+        per_view = [torch.cat([forward(augment.view(chosen[i:i + batch_size].to(device), view, view_generator))
+                               .float().cpu() for i in range(0, n_images, batch_size)])
+                    for _ in range(n_views)]
     return torch.stack(per_view, dim=1)
 
 

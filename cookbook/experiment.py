@@ -179,8 +179,8 @@ def run_recipe(recipe, dataset, *, seed: int = 0, setting=None, name: str | None
     method = recipe.build(dataset.image_size, **method_options)
     views = recipe.make_views(method, dataset.image_size)
     return run(name or recipe.method, method, dataset, setting=setting, embedding=embedding, log=log,
-               fine_tune=fine_tune, views=views, device=device, seed=seed, eval_every=eval_every, eval_rankme=eval_rankme,
-               **recipe.fit_options())
+               fine_tune=fine_tune, views=views, device=device, seed=seed, eval_every=eval_every,
+               eval_rankme=eval_rankme, **recipe.fit_options())
 
 
 _WORKER_DATASET = None

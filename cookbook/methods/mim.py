@@ -50,12 +50,6 @@ def patch_targets(images: torch.Tensor, patch_size: int, norm_pix: bool) -> torc
     return patches
 
 
-def _check_vit(backbone: nn.Module, method: str) -> None:
-    if not hasattr(backbone, "vit"):
-        raise ValueError(f"{method} needs a ViT backbone (cookbook.models.vit_tiny); "
-                         f"got {type(backbone).__name__}: use --backbone vit_tiny")
-
-
 class MaskedImageModel(Method):
     """What MAE and SimMIM share: a ViT backbone, one view per image (the
     papers' random resized crop of 20-100 % and flip, no colour jitter),
@@ -64,8 +58,17 @@ class MaskedImageModel(Method):
     embedding is the backbone's representation: there is no projector."""
 
     distance = staticmethod(nn.functional.mse_loss)
-    patch_size: int
-    norm_pix: bool
+
+    def __init__(self, backbone: nn.Module, mask_ratio: float, norm_pix: bool):
+        if not hasattr(backbone, "vit"):
+            raise ValueError(f"{type(self).__name__} needs a ViT backbone (cookbook.models.vit_tiny); "
+                             f"got {type(backbone).__name__}: use --backbone vit_tiny")
+        super().__init__(backbone)
+        random_patch_mask(1, backbone.vit.seq_length - 1, mask_ratio)  # validates the ratio
+        self.patch_size, self.mask_ratio, self.norm_pix = backbone.vit.patch_size, mask_ratio, norm_pix
+        # the backbone's ViT seen through lightly's masking wrapper (weights shared), with a mask token
+        self.encoder = MaskedVisionTransformerTorchvision(vit=backbone.vit)
+        self.embedding_dim = backbone.dim
 
     def reconstruct(self, images: torch.Tensor, generator: torch.Generator | None = None):
         raise NotImplementedError
@@ -119,18 +122,13 @@ class MAE(MaskedImageModel):
 
     def __init__(self, backbone: nn.Module, mask_ratio: float = 0.75, decoder_dim: int = 128,
                  decoder_depth: int = 2, decoder_heads: int = 4, norm_pix: bool = True):
-        _check_vit(backbone, "MAE")
-        super().__init__(backbone)
-        random_patch_mask(1, backbone.vit.seq_length - 1, mask_ratio)  # validates the ratio
+        super().__init__(backbone, mask_ratio, norm_pix)
         vit = backbone.vit
-        self.patch_size, self.mask_ratio, self.norm_pix = vit.patch_size, mask_ratio, norm_pix
-        self.encoder = MaskedVisionTransformerTorchvision(vit=vit)
         self.decoder = MAEDecoder(seq_length=vit.seq_length, num_layers=decoder_depth, num_heads=decoder_heads,
                                   embed_input_dim=vit.hidden_dim, hidden_dim=decoder_dim,
                                   mlp_dim=4 * decoder_dim, out_dim=3 * vit.patch_size**2)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         torch.nn.init.normal_(self.mask_token, std=0.02)
-        self.embedding_dim = backbone.dim
 
     def reconstruct(self, images: torch.Tensor, generator: torch.Generator | None = None):
         """Masks ``images`` ``(B, 3, H, W)`` in [0, 1] and predicts the hidden patches.
@@ -150,7 +148,6 @@ class MAE(MaskedImageModel):
         prediction = self.decoder.predict(lightly_utils.get_at_index(decoded, masked_tokens))
         target = lightly_utils.get_at_index(self.targets(images), masked)
         return prediction, target, masked
-
 
 
 @register
@@ -176,14 +173,8 @@ class SimMIM(MaskedImageModel):
     distance = staticmethod(nn.functional.l1_loss)
 
     def __init__(self, backbone: nn.Module, mask_ratio: float = 0.6, norm_pix: bool = False):
-        _check_vit(backbone, "SimMIM")
-        super().__init__(backbone)
-        random_patch_mask(1, backbone.vit.seq_length - 1, mask_ratio)  # validates the ratio
-        vit = backbone.vit
-        self.patch_size, self.mask_ratio, self.norm_pix = vit.patch_size, mask_ratio, norm_pix
-        self.encoder = MaskedVisionTransformerTorchvision(vit=vit)  # owns the mask token
-        self.head = nn.Linear(vit.hidden_dim, 3 * vit.patch_size**2)
-        self.embedding_dim = backbone.dim
+        super().__init__(backbone, mask_ratio, norm_pix)  # the encoder owns SimMIM's mask token
+        self.head = nn.Linear(backbone.vit.hidden_dim, 3 * backbone.vit.patch_size**2)
 
     def reconstruct(self, images: torch.Tensor, generator: torch.Generator | None = None):
         """Masks ``images`` ``(B, 3, H, W)`` in [0, 1] and predicts the hidden patches.
