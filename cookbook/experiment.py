@@ -26,6 +26,14 @@ Criteria (:data:`CRITERIA`):
 - ``"alpha"``: the α-ReQ exponent closest to 1 (Agrawal et al., 2022 find the
   best representations near α = 1; both too flat, α < 1, and too steep decay
   hurt).
+- ``"lidar"``: the highest LiDAR of the embedding (Thilak et al., ICLR 2024),
+  for runs trained with ``lidar=`` (see :func:`run`): RankMe's smooth rank of
+  the linear discriminant between images, each image's views its class.
+
+:func:`spearman_ci` asks how well a criterion orders the settings as the
+test accuracy does, with a bootstrap interval over the seeds, and
+:func:`add_factor_scores` adds downstream tasks other than the class (the
+``shapes`` factors) as reports.
 
 Accuracies are fractions in [0, 1].
 """
@@ -35,21 +43,25 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 
-from cookbook import evaluate
+from cookbook import augment, evaluate, metrics
 from cookbook.train import History, fit
 
 __all__ = ["CRITERIA", "COLUMNS", "Run", "run", "run_recipe", "run_recipes", "references", "by_setting", "mean_sd",
-           "table", "table_rows", "choose", "selection_table", "factor_table", "spearman"]
+           "table", "table_rows", "choose", "selection_table", "factor_table", "add_factor_scores", "spearman",
+           "spearman_ci"]
 
-CRITERIA = ("linear_val", "knn_val", "finetune_val", "rankme", "rankme_rep", "alpha")
+CRITERIA = ("linear_val", "knn_val", "finetune_val", "rankme", "rankme_rep", "alpha", "lidar")
 #: What :func:`selection_table` compares unless told: every criterion a run
-#: always has (``finetune_val`` only exists for runs that were fine-tuned).
-EVALUATED_CRITERIA = tuple(c for c in CRITERIA if c != "finetune_val")
+#: always has (``finetune_val`` only exists for runs that were fine-tuned,
+#: ``lidar`` for runs asked for it).
+EVALUATED_CRITERIA = tuple(c for c in CRITERIA if c not in ("finetune_val", "lidar"))
 
 #: Column headers of :func:`table`, and how many decimals each keeps.
 #: Accuracies are shown in percent.
@@ -61,6 +73,8 @@ COLUMNS = {
     "finetune_val": ("fine-tune val (%)", 1), "finetune_test": ("fine-tune test (%)", 1),
     "end_to_end_test": ("end-to-end test (%)", 1),
     "rankme": ("RankMe", 1), "rankme_rep": ("RankMe (repr.)", 1), "alpha": ("α-ReQ", 2),
+    "lidar": ("LiDAR", 1), "lidar_s": ("LiDAR (s)", 1),
+    **{f"factor_{name}": (f"{name} R²", 2) for name, _ in evaluate.FACTORS},
     "final_loss": ("final loss", 3), "steps": ("steps", 0), "train_s": ("train (s)", 0),
 }
 _PERCENT = ("knn_val", "linear_val", "knn_test", "linear_test", "emb_knn_test", "emb_linear_test",
@@ -76,7 +90,9 @@ class Run:
     representation; ``rankme`` of the embedding, ``rankme_rep`` of the
     representation), plus ``emb_knn_test`` and ``emb_linear_test`` for the
     projector's output when :func:`run` was asked for them, and
-    ``finetune_test`` and ``finetune_val`` when it was asked to fine-tune.
+    ``finetune_test`` and ``finetune_val`` when it was asked to fine-tune,
+    ``lidar`` and ``lidar_s`` when it was asked for LiDAR, and
+    ``factor_<name>`` after :func:`add_factor_scores`.
     ``setting`` is the
     value the study varies (a number or a label), ``seed`` the training seed,
     ``seconds`` the training wall time and ``eval_seconds`` the evaluation's.
@@ -108,7 +124,7 @@ class Run:
 
 
 def run(name: str, method, dataset, *, setting=None, embedding: bool = False, log: bool = True,
-        fine_tune: dict | None = None, **fit_options) -> Run:
+        fine_tune: dict | None = None, lidar: dict | None = None, **fit_options) -> Run:
     """Trains ``method`` on ``dataset`` with ``fit(method, dataset, **fit_options)``
     and evaluates it.
 
@@ -120,9 +136,15 @@ def run(name: str, method, dataset, *, setting=None, embedding: bool = False, lo
     backbone, seeded like the run, and scores it on the test split
     (``finetune_test``); ``"split": "both"`` among them fine-tunes a second
     copy scored on the validation split (``finetune_val``, to choose by).
-    Each fine-tune costs about ``steps`` supervised steps. Progress bars are
-    off; with ``log`` one line per run is printed.
+    Each fine-tune costs about ``steps`` supervised steps. ``lidar`` (e.g.
+    ``dict(n_images=500, n_views=8)``; also ``view``, ``split``,
+    ``batch_size``, ``delta``, ``eps``: see :func:`_lidar`) also measures
+    LiDAR on the embedding, with views drawn like the run's first view and
+    seeded like the run (``lidar``, and its seconds ``lidar_s``, features
+    included). Progress bars are off; with ``log`` one line per run is printed.
     """
+    if lidar is not None:
+        _check_lidar_options(lidar)  # before training, not after
     fit_options.setdefault("progress", False)
     fit_options.setdefault("log", False)
     history = fit(method, dataset, **fit_options)
@@ -135,6 +157,8 @@ def run(name: str, method, dataset, *, setting=None, embedding: bool = False, lo
     if fine_tune is not None:
         scores.update(_fine_tuned(method.backbone, dataset, fine_tune, fit_options.get("seed", 0),
                                   fit_options.get("device")))
+    if lidar is not None:
+        scores.update(_lidar(method, dataset, lidar, fit_options.get("views"), fit_options.get("seed", 0)))
     result = Run(name, name if setting is None else setting, method, history, scores,
                  time.perf_counter() - start, fit_options.get("seed", 0))
     if log:
@@ -152,17 +176,64 @@ def _fine_tuned(backbone, dataset, options: dict, seed: int, device) -> dict:
     return {f"finetune_{s}": evaluate.fine_tune(backbone, dataset, split=s, **options) for s in splits}
 
 
+_LIDAR_OPTIONS = ("n_images", "n_views", "view", "split", "delta", "eps", "batch_size")
+
+
+def _check_lidar_options(options) -> None:
+    """ValueError unless ``options`` is a dict of :data:`_LIDAR_OPTIONS` whose ``view`` (if any) is a ViewSpec."""
+    if not isinstance(options, dict):
+        raise ValueError(f"lidar must be a dict of options such as dict(n_images=500, n_views=8), "
+                         f"got {type(options).__name__}")
+    unknown = sorted(set(options) - set(_LIDAR_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown lidar options {unknown}; choose from {', '.join(_LIDAR_OPTIONS)}")
+    if "view" in options and not isinstance(options["view"], augment.ViewSpec):
+        raise ValueError(f"lidar's view must be a cookbook.augment.ViewSpec (e.g. views.specs[0]), "
+                         f"got {type(options['view']).__name__}")
+
+
+def _lidar(method, dataset, options: dict, views, seed: int) -> dict:
+    """``lidar`` and ``lidar_s`` of ``method``'s embedding (see :func:`run`).
+
+    ``options``: ``n_images`` and ``n_views`` (default 1,000 and 8) of
+    :func:`cookbook.evaluate.view_features`, ``split`` and ``batch_size``
+    likewise, ``delta`` and ``eps`` of :func:`cookbook.metrics.lidar`, and
+    ``view``, the :class:`cookbook.augment.ViewSpec` the views are drawn
+    with; by default the first spec of ``views`` (the run's augmentations),
+    or of ``method.default_views`` when the run had none. Images and views
+    are drawn with ``seed``. Thilak et al. (ICLR 2024) use 1,000 images and
+    50 views; the cost is ``n_images · n_views`` forward passes plus the
+    metric's O(N·Q·K²) (K the embedding's size). A fully collapsed
+    embedding, for which LiDAR is undefined, gets NaN with a warning.
+    """
+    options = dict(options)
+    view = options.pop("view", None) or (views or method.default_views(dataset.image_size)).specs[0]
+    metric_options = {key: options.pop(key) for key in ("delta", "eps") if key in options}
+    start = time.perf_counter()
+    views_z = evaluate.view_features(method, dataset, view, which="embedding", seed=seed, **options)
+    try:
+        value = metrics.lidar(views_z, **metric_options)
+    except ValueError as error:
+        if "collapse" not in str(error):
+            raise
+        warnings.warn(f"LiDAR set to NaN: {error}", stacklevel=3)
+        value = float("nan")
+    return {"lidar": float(value), "lidar_s": time.perf_counter() - start}
+
+
 def _print_run(run: Run) -> None:
     scores = run.metrics
     print(f"{run.name:<24} kNN val {scores['knn_val']:.3f}  kNN test {scores['knn_test']:.3f}  "
           f"linear {scores['linear_test']:.3f}  RankMe {scores['rankme']:6.1f}  alpha {scores['alpha']:.2f}  "
+          + (f"  LiDAR {scores['lidar']:6.1f}" if "lidar" in scores else "")
           + (f"  fine-tune {scores['finetune_test']:.3f}" if "finetune_test" in scores else "")
           + f"  train {run.seconds:5.1f} s", flush=True)
 
 
 def run_recipe(recipe, dataset, *, seed: int = 0, setting=None, name: str | None = None,
                embedding: bool = False, device=None, log: bool = True, eval_every: int = 0,
-               eval_rankme: bool = False, fine_tune: dict | None = None, **method_options) -> Run:
+               eval_rankme: bool = False, fine_tune: dict | None = None, lidar: dict | None = None,
+               **method_options) -> Run:
     """Trains a fresh model with a :class:`cookbook.recipes.Recipe` and evaluates it (:func:`run`).
 
     ``torch.manual_seed(seed)`` comes first, so every run of one architecture
@@ -173,13 +244,15 @@ def run_recipe(recipe, dataset, *, seed: int = 0, setting=None, name: str | None
     ``dataset``'s image size. ``eval_every`` and ``eval_rankme`` go to
     :func:`cookbook.train.fit`: a learning curve in ``run.history.epochs``
     (kNN on a validation split every k epochs, and RankMe if asked).
-    ``fine_tune`` goes to :func:`run` (masked image modeling's evaluation).
+    ``fine_tune`` goes to :func:`run` (masked image modeling's evaluation),
+    and so does ``lidar`` (LiDAR's views are drawn with the first spec of the
+    recipe's views unless it names a ``view``).
     """
     torch.manual_seed(seed)
     method = recipe.build(dataset.image_size, **method_options)
     views = recipe.make_views(method, dataset.image_size)
     return run(name or recipe.method, method, dataset, setting=setting, embedding=embedding, log=log,
-               fine_tune=fine_tune, views=views, device=device, seed=seed, eval_every=eval_every,
+               fine_tune=fine_tune, lidar=lidar, views=views, device=device, seed=seed, eval_every=eval_every,
                eval_rankme=eval_rankme, **recipe.fit_options())
 
 
@@ -426,28 +499,67 @@ def factor_table(groups: dict, dataset, factors=evaluate.FACTORS):
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis(index=None, columns="model")
 
 
+def add_factor_scores(runs: list[Run], dataset, factors=evaluate.FACTORS) -> None:
+    """Adds to each run's metrics, in place, the test R² of a ridge probe for
+    each nuisance factor of ``factors`` (``(name, circular)`` pairs, default
+    :data:`cookbook.evaluate.FACTORS`: hue, x, y, scale), read from the
+    frozen representation (:func:`cookbook.evaluate.factor_probes`, seeded by
+    the run's seed), as ``"factor_<name>"`` (e.g. ``factor_hue``, in [-∞, 1],
+    1 for a factor the features determine linearly).
+
+    These are downstream tasks other than the class, to report against
+    (``selection_table(studies, report="factor_hue")``, ``spearman_ci(runs,
+    "rankme", "factor_x")``) or show (``table(runs, columns=("factor_hue",))``).
+    A run whose metrics are shared with another (:meth:`Run.as_setting`) is
+    probed once. Cost per run: forward passes over the train and test splits
+    and one ridge fit per factor (O(N·D² + D³)). ValueError when ``dataset``
+    has no factors (CIFAR-10: only ``shapes`` records them).
+    """
+    if not dataset.factors:
+        raise ValueError(f"dataset {dataset.name!r} records no factors of variation, so there is no downstream "
+                         f"task but the class to score; add_factor_scores needs a dataset such as 'shapes'")
+    done = set()
+    for r in runs:
+        if id(r.metrics) in done:
+            continue
+        probes = evaluate.factor_probes(r.method, dataset, factors, seed=r.seed)
+        r.metrics.update({f"factor_{name}": float(value) for name, value in probes.items()})
+        done.add(id(r.metrics))
+
+
+def _check_has(runs: list[Run], key: str) -> None:
+    """ValueError naming the runs that lack the metric ``key``, and how to get it."""
+    missing = [r.name for r in runs if key not in r.row()]
+    if missing:
+        how = ("add it with add_factor_scores" if key.startswith("factor_") else
+               "train them with lidar=dict(...)" if key == "lidar" else
+               "train them with fine_tune=dict(...)" if key.startswith("finetune_") else
+               "evaluate them with cookbook.evaluate.evaluate_model")
+        raise ValueError(f"runs {missing} have no {key!r} metric; {how}")
+
+
+def _oriented(value: float, criterion: str) -> float:
+    """``value`` of ``criterion`` such that higher is better: α-ReQ's -|α - 1|, the others as they are."""
+    return -abs(value - 1.0) if criterion == "alpha" else value
+
+
 def _score(metrics: dict, criterion: str) -> float:
     value = metrics[criterion]
-    if math.isnan(value):
-        return -math.inf
-    return -abs(value - 1.0) if criterion == "alpha" else value
+    return -math.inf if math.isnan(value) else _oriented(value, criterion)
 
 
 def choose(runs: list[Run], criterion: str) -> Run:
     """The run that ``criterion`` (one of :data:`CRITERIA`) prefers.
 
-    Highest ``linear_val`` / ``knn_val``, highest ``rankme`` / ``rankme_rep``,
-    or ``alpha`` closest to 1; runs whose criterion is NaN are never chosen
+    Highest ``linear_val`` / ``knn_val``, highest ``rankme`` / ``rankme_rep`` /
+    ``lidar``, or ``alpha`` closest to 1; runs whose criterion is NaN are never chosen
     unless all are. Ties go to the earlier run.
     """
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     if not runs:
         raise ValueError("choose() needs at least one run")
-    missing = [r.name for r in runs if criterion not in r.metrics]
-    if missing:
-        raise ValueError(f"runs {missing} have no {criterion!r} metric; evaluate them with "
-                         "cookbook.evaluate.evaluate_model")
+    _check_has(runs, criterion)
     return max(runs, key=lambda r: _score(r.metrics, criterion))
 
 
@@ -464,22 +576,26 @@ def selection_table(studies: dict[str, list[Run]], report: str = "linear_test",
 
     One row per study and criterion: ``picks`` (the setting chosen in each
     seed, in seed order), ``report`` and ``regret`` as (mean, sd) over the
-    seeds, and ``seeds``. Accuracies are fractions in [0, 1].
+    seeds, ``oracle`` (the best ``report`` of each seed, as (mean, sd) over
+    the seeds: what hindsight would have got, the same in every row of a
+    study) and ``seeds``. Accuracies are fractions in [0, 1].
     """
     rows = []
     for study, runs in studies.items():
+        _check_has(runs, report)
         seeds = sorted({r.seed for r in runs})
         per_seed = {s: [r for r in runs if r.seed == s] for s in seeds}
+        best = {s: max(r.metrics[report] for r in per_seed[s]) for s in seeds}
         for criterion in criteria:
             picks, accuracy, regret = [], [], []
             for s in seeds:
                 chosen = choose(per_seed[s], criterion)
-                best = max(r.metrics[report] for r in per_seed[s])
                 picks.append(chosen.setting)
                 accuracy.append(chosen.metrics[report])
-                regret.append(best - chosen.metrics[report])
+                regret.append(best[s] - chosen.metrics[report])
             rows.append({"study": study, "chosen by": criterion, "picks": picks, "seeds": len(seeds),
-                         report: _mean_sd_of(accuracy), "regret": _mean_sd_of(regret)})
+                         report: _mean_sd_of(accuracy), "regret": _mean_sd_of(regret),
+                         "oracle": _mean_sd_of(list(best.values()))})
     return rows
 
 
@@ -499,3 +615,65 @@ def spearman(x, y) -> float:
     if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
         return float("nan")
     return float(spearmanr(x, y).statistic)
+
+
+def spearman_ci(runs: list[Run], metric: str, report: str = "linear_test", *, n_boot: int = 2000,
+                level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """Spearman's ρ between ``metric`` (a criterion such as ``"rankme"``) and
+    ``report`` across the settings of ``runs``, with a bootstrap interval over
+    the seeds.
+
+    Each setting (:func:`by_setting`) is summarised by the means over its runs
+    (seeds) of ``metric`` and ``report``, and ρ is :func:`spearman` of those
+    means. α-ReQ enters as -|α - 1|, the direction :func:`choose` uses, and
+    every other metric as it is (higher is better), so a positive ρ always
+    means "the criterion orders the settings as the report does", and ρ = 1
+    means it ranks them exactly as the report does.
+
+    The interval is a percentile bootstrap at ``level``: each of ``n_boot``
+    resamples draws, for every setting independently, as many of its runs as
+    it has, with replacement (a run's metric and report stay paired), and
+    recomputes the means and ρ. It covers the seed-to-seed variation of
+    training (initial weights, batches, augmentations, the seeded evaluation
+    subsets) for *these* settings; it does not cover the choice of settings,
+    another dataset, budget or architecture. With 3 seeds a setting has only
+    10 distinct resamples and the bootstrap understates the spread of such
+    small samples: read the interval as a lower bound on the uncertainty (a
+    setting with one run adds none). Resamples whose ρ is NaN (constant
+    means) are dropped; if all are, the interval is NaN. ρ, and then the
+    interval, is NaN with fewer than 3 settings, with constant means, or when
+    a run's metric is NaN (an α-ReQ that could not be fitted): drop such
+    runs first if that is what you mean.
+
+    Returns ``(rho, low, high)``, each in [-1, 1] or NaN; deterministic for a
+    given ``seed``. Cost: O(n_boot · (runs + settings · log settings)).
+    """
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1 or not 0 < level < 1:
+        raise ValueError(f"need an integer n_boot >= 1 and a level in (0, 1), got {n_boot!r} and {level!r}")
+    _check_has(runs, metric)
+    _check_has(runs, report)
+    nan = float("nan")
+    groups = [np.array([[_oriented(_value(r, metric), metric), _value(r, report)] for r in g])
+              for g in by_setting(runs).values()]  # one (seeds, 2) array per setting
+    means = np.array([g.mean(axis=0) for g in groups]).reshape(-1, 2)
+    rho = nan if np.isnan(means).any() else spearman(means[:, 0], means[:, 1])
+    if math.isnan(rho):
+        return nan, nan, nan
+    rng = np.random.default_rng(seed)
+    boot = np.stack([g[rng.integers(len(g), size=(n_boot, len(g)))].mean(axis=1) for g in groups], axis=1)
+    rhos = _row_spearman(boot[..., 0], boot[..., 1])  # boot: (n_boot, settings, 2)
+    rhos = rhos[~np.isnan(rhos)]
+    if len(rhos) == 0:
+        return rho, nan, nan
+    low, high = np.quantile(rhos, [(1 - level) / 2, (1 + level) / 2])
+    return rho, float(low), float(high)
+
+
+def _row_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman's ρ of each row of ``x`` with the same row of ``y`` (both (B, S)):
+    Pearson's correlation of their ranks (ties averaged, as scipy's); NaN
+    where a row is constant."""
+    rx, ry = rankdata(x, axis=1), rankdata(y, axis=1)
+    rx, ry = rx - rx.mean(axis=1, keepdims=True), ry - ry.mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (rx * ry).sum(axis=1) / np.sqrt((rx ** 2).sum(axis=1) * (ry ** 2).sum(axis=1))

@@ -260,3 +260,181 @@ def test_fine_tune_on_the_validation_split_never_reads_the_test_split():
     assert val * len(held) == pytest.approx(round(val * len(held)))  # a fraction of the held-out images
     with pytest.raises(ValueError, match="split"):
         evaluate.fine_tune(net, ds, split="train")
+
+
+def test_selection_table_reports_the_oracle_beside_the_picks():
+    # best linear_test per seed: 0.7 (seed 0) and 0.5 (seed 1), whatever the criterion picks
+    runs = [fake_run("a", 0.5, 10.0, 2.0, 0.6, seed=0), fake_run("b", 0.4, 20.0, 2.0, 0.7, seed=0),
+            fake_run("a", 0.5, 30.0, 2.0, 0.5, seed=1), fake_run("b", 0.6, 20.0, 2.0, 0.3, seed=1)]
+    rows = experiment.selection_table({"s": runs}, criteria=("rankme", "linear_val"))
+    for row in rows:
+        assert row["oracle"][0] == pytest.approx(0.6) and row["oracle"][1] == pytest.approx(math.sqrt(0.02))
+        assert row["oracle"][0] - row["linear_test"][0] == pytest.approx(row["regret"][0])
+    assert set(rows[0]) == {"study", "chosen by", "picks", "seeds", "linear_test", "regret", "oracle"}
+    with pytest.raises(ValueError, match="no 'factor_hue' metric; add it with add_factor_scores"):
+        experiment.selection_table({"s": runs}, report="factor_hue")
+
+
+def sweep(metric, report, seeds=3, rng=None, noise=0.0, key="rankme"):
+    """Fake runs, one per (setting, seed): ``key`` = metric[i] and linear_test =
+    report[i] for setting i, each plus Gaussian noise of sd ``noise``."""
+    rng = rng or torch.Generator().manual_seed(0)
+    runs = []
+    for i, (m, t) in enumerate(zip(metric, report)):
+        for s in range(seeds):
+            dm, dt = (noise * torch.randn(2, generator=rng)).tolist()
+            r = fake_run(i, 0.5, 10.0, 1.0, t + dt, seed=s)
+            r.metrics[key] = m + dm
+            runs.append(r)
+    return runs
+
+
+def test_spearman_ci_known_answers():
+    up = [float(i) for i in range(8)]
+    rho, low, high = experiment.spearman_ci(sweep(up, [0.1 * x for x in up], noise=1e-4), "rankme")
+    assert rho == pytest.approx(1.0) and low == pytest.approx(1.0) and high == pytest.approx(1.0)
+    rho, low, high = experiment.spearman_ci(sweep(up, [-x for x in up], noise=1e-4), "rankme")
+    assert rho == pytest.approx(-1.0) and high == pytest.approx(-1.0)
+    # α-ReQ counts by its closeness to 1, on either side: the report rises as |α - 1| falls
+    alphas = [1 + (-1) ** i * (8 - i) / 10 for i in range(8)]
+    runs = sweep(alphas, up, noise=1e-4, key="alpha")
+    assert experiment.spearman_ci(runs, "alpha")[0] == pytest.approx(1.0)
+    assert experiment.spearman([r.metrics["alpha"] for r in runs], [r.metrics["linear_test"] for r in runs]) < 0.5
+
+
+def test_spearman_ci_of_noise_contains_zero_and_is_seeded():
+    rng = torch.Generator().manual_seed(1)
+    runs = sweep(torch.rand(30, generator=rng).tolist(), torch.rand(30, generator=rng).tolist(), rng=rng, noise=0.3)
+    rho, low, high = experiment.spearman_ci(runs, "rankme")
+    assert low < 0 < high and low <= rho <= high and high - low < 1
+    assert experiment.spearman_ci(runs, "rankme") == (rho, low, high)
+    assert experiment.spearman_ci(runs, "rankme", seed=1) != (rho, low, high)
+    wider = experiment.spearman_ci(runs, "rankme", level=0.99)
+    assert wider[1] <= low and wider[2] >= high
+
+
+def test_spearman_ci_bootstrap_resamples_each_settings_seeds():
+    """The vectorised bootstrap equals scipy's ρ on the same resampled means."""
+    from scipy.stats import spearmanr
+
+    rng = torch.Generator().manual_seed(2)
+    runs = sweep(torch.rand(6, generator=rng).tolist(), torch.rand(6, generator=rng).tolist(), rng=rng, noise=0.2)
+    x = torch.rand(50, 6, generator=rng).round(decimals=1).numpy()  # with ties
+    y = torch.rand(50, 6, generator=rng).numpy()
+    assert experiment._row_spearman(x, y) == pytest.approx([spearmanr(a, b).statistic for a, b in zip(x, y)])
+    # one resample by hand: each setting's seeds drawn with replacement, settings in order
+    import numpy as np
+
+    groups = list(experiment.by_setting(runs).values())
+    rho, low, high = experiment.spearman_ci(runs, "rankme", n_boot=1, seed=5, level=0.5)
+    draw = np.random.default_rng(5)
+    picks = [draw.integers(3, size=(1, 3))[0] for _ in groups]
+    by_hand = spearmanr([np.mean([g[k].metrics["rankme"] for k in p]) for g, p in zip(groups, picks)],
+                        [np.mean([g[k].metrics["linear_test"] for k in p]) for g, p in zip(groups, picks)]).statistic
+    assert low == pytest.approx(by_hand) and high == pytest.approx(by_hand)
+
+
+def test_spearman_ci_is_nan_without_enough_settings_and_rejects_bad_input():
+    two = sweep([1.0, 2.0], [0.1, 0.2], noise=0.1)
+    assert all(math.isnan(v) for v in experiment.spearman_ci(two, "rankme"))
+    constant = sweep([5.0] * 5, [0.1, 0.2, 0.3, 0.4, 0.5])
+    assert all(math.isnan(v) for v in experiment.spearman_ci(constant, "rankme"))
+    runs = sweep([1.0, 2.0, 3.0, 4.0], [0.1, 0.2, 0.3, 0.4], noise=0.01)
+    runs[0].metrics["rankme"] = float("nan")
+    assert all(math.isnan(v) for v in experiment.spearman_ci(runs, "rankme"))
+    # three settings whose seeds are equal: every resample is the data itself
+    assert experiment.spearman_ci(sweep([1.0, 2.0, 3.0], [3.0, 1.0, 2.0]), "rankme") == pytest.approx((-0.5,) * 3)
+    with pytest.raises(ValueError, match="level"):
+        experiment.spearman_ci(runs, "rankme", level=1.5)
+    with pytest.raises(ValueError, match="n_boot"):
+        experiment.spearman_ci(runs, "rankme", n_boot=0)
+    with pytest.raises(ValueError, match="no 'lidar' metric; train them with lidar="):
+        experiment.spearman_ci(runs, "lidar")
+
+
+def test_lidar_is_a_criterion_chosen_like_rankme_but_not_evaluated_by_default(study):
+    assert "lidar" in experiment.CRITERIA and "lidar" not in experiment.EVALUATED_CRITERIA
+    assert experiment.COLUMNS["lidar"] == ("LiDAR", 1) and "lidar_s" in experiment.COLUMNS
+    for r, value in zip(study, (3.0, 9.0, 5.0, float("nan"))):
+        r.metrics["lidar"] = value
+    assert experiment.choose(study, "lidar").setting == 0.2
+    assert [r["chosen by"] for r in experiment.selection_table({"s": study})] == list(experiment.EVALUATED_CRITERIA)
+    del study[0].metrics["lidar"]
+    with pytest.raises(ValueError, match="no 'lidar' metric; train them with lidar="):
+        experiment.choose(study, "lidar")
+
+
+@pytest.mark.filterwarnings("ignore:k = .* exceeds", "ignore:RankMe with N")
+def test_runs_measure_lidar_on_their_first_view_and_seed():
+    from cookbook import augment, metrics, recipes
+
+    ds = data.load("shapes", subset=96, test_subset=48, image_size=16, seed=0)
+    tiny = recipes.recipe("simclr").with_(width=4, steps=2, batch_size=32)
+    options = dict(n_images=32, n_views=4)
+    r = experiment.run_recipe(tiny, ds, seed=3, log=False, lidar=options)
+    spec = tiny.make_views(r.method, ds.image_size).specs[0]
+    assert spec != r.method.default_views(ds.image_size).specs[0]  # the recipe's views, not the method's
+    views = evaluate.view_features(r.method, ds, spec, 32, 4, seed=3)
+    assert r.metrics["lidar"] == pytest.approx(metrics.lidar(views), rel=1e-6)
+    assert math.isfinite(r.metrics["lidar"]) and 1 <= r.metrics["lidar"] <= min(31, views.shape[2])
+    assert r.metrics["lidar_s"] > 0
+    plain = experiment.run_recipe(tiny, ds, seed=3, log=False)
+    assert plain.metrics == {k: v for k, v in r.metrics.items() if k not in ("lidar", "lidar_s")}
+    again = experiment.run_recipes([dict(recipe=tiny, seed=3, lidar=options)], ds, log=False)[0]
+    assert again.metrics["lidar"] == r.metrics["lidar"]
+    assert "LiDAR" in experiment.table([r], columns=("lidar",)).columns
+
+    # run(): the views given to fit, or a view named in the options
+    other = augment.ViewSpec(size=16, min_scale=0.9, cj_prob=0.0)
+    torch.manual_seed(0)
+    method = tiny.build(ds.image_size)
+    own = augment.simclr(16, min_scale=0.3)
+    s = experiment.run("s", method, ds, log=False, steps=1, batch_size=32, seed=1, views=own,
+                       lidar={**options, "view": other})
+    assert s.metrics["lidar"] == pytest.approx(metrics.lidar(evaluate.view_features(method, ds, other, 32, 4,
+                                                                                    seed=1)), rel=1e-6)
+    assert experiment._lidar(method, ds, options, own, 1)["lidar"] == pytest.approx(
+        metrics.lidar(evaluate.view_features(method, ds, own.specs[0], 32, 4, seed=1)), rel=1e-6)
+    assert experiment._lidar(method, ds, options, None, 1)["lidar"] == pytest.approx(
+        metrics.lidar(evaluate.view_features(method, ds, method.default_views(16).specs[0], 32, 4, seed=1)),
+        rel=1e-6)
+
+
+def test_bad_lidar_options_fail_before_training():
+    from cookbook import recipes
+
+    ds = data.load("shapes", subset=96, test_subset=48, image_size=16, seed=0)
+    slow = recipes.recipe("simclr").with_(width=4, steps=10_000, batch_size=32)  # would take minutes
+    with pytest.raises(ValueError, match=r"unknown lidar options \['n_image'\]"):
+        experiment.run_recipe(slow, ds, log=False, lidar=dict(n_image=32))
+    with pytest.raises(ValueError, match="must be a dict"):
+        experiment.run_recipe(slow, ds, log=False, lidar=True)
+    with pytest.raises(ValueError, match="ViewSpec"):
+        experiment.run_recipe(slow, ds, log=False, lidar=dict(view="simclr"))
+
+
+@pytest.mark.filterwarnings("ignore:k = .* exceeds", "ignore:RankMe with N")
+def test_add_factor_scores_makes_the_factors_reports(monkeypatch):
+    from cookbook import recipes
+
+    ds = data.load("shapes", subset=96, test_subset=48, image_size=16, seed=0)
+    tiny = recipes.recipe("simclr").with_(width=4, steps=1, batch_size=32)
+    runs = [experiment.run_recipe(tiny, ds, seed=s, setting=t, log=False, temperature=t)
+            for t in (0.1, 0.5, 1.0) for s in (0, 1)]
+    calls = []
+    probes = evaluate.factor_probes
+    monkeypatch.setattr(evaluate, "factor_probes", lambda *a, **k: calls.append(1) or probes(*a, **k))
+    experiment.add_factor_scores(runs + [runs[0].as_setting("again")], ds)
+    assert len(calls) == len(runs)  # the shared run is probed once
+    expected = probes(runs[3].method, ds, seed=1)
+    assert {k: runs[3].metrics[f"factor_{k}"] for k in ("hue", "x", "y", "scale")} == pytest.approx(expected)
+    assert all(r.metrics["factor_hue"] <= 1 for r in runs)
+    (row,) = experiment.selection_table({"τ": runs}, report="factor_hue", criteria=("rankme",))
+    best = [max(r.metrics["factor_hue"] for r in runs if r.seed == s) for s in (0, 1)]
+    assert row["oracle"][0] == pytest.approx(sum(best) / 2) and "factor_hue" in row
+    assert len(experiment.spearman_ci(runs, "rankme", report="factor_x", n_boot=50)) == 3
+    assert list(experiment.table(runs, columns=("factor_hue", "factor_x")).columns) == ["seeds", "hue R²", "x R²"]
+
+    ds.factors = None  # as CIFAR-10
+    with pytest.raises(ValueError, match="no factors"):
+        experiment.add_factor_scores(runs, ds)
