@@ -54,8 +54,8 @@ from cookbook import augment, evaluate, metrics
 from cookbook.train import History, fit
 
 __all__ = ["CRITERIA", "COLUMNS", "Run", "run", "run_recipe", "run_recipes", "references", "by_setting", "mean_sd",
-           "table", "table_rows", "choose", "selection_table", "factor_table", "add_factor_scores", "spearman",
-           "spearman_ci"]
+           "table", "table_rows", "choose", "selection_table", "factor_table", "add_factor_scores",
+           "add_transfer_scores", "spearman", "spearman_ci"]
 
 CRITERIA = ("linear_val", "knn_val", "finetune_val", "rankme", "rankme_rep", "alpha", "lidar")
 #: What :func:`selection_table` compares unless told: every criterion a run
@@ -75,10 +75,11 @@ COLUMNS = {
     "rankme": ("RankMe", 1), "rankme_rep": ("RankMe (repr.)", 1), "alpha": ("α-ReQ", 2),
     "lidar": ("LiDAR", 1), "lidar_s": ("LiDAR (s)", 1),
     **{f"factor_{name}": (f"{name} R²", 2) for name, _ in evaluate.FACTORS},
+    "transfer_knn_test": ("transfer kNN (%)", 1), "transfer_linear_test": ("transfer linear (%)", 1),
     "final_loss": ("final loss", 3), "steps": ("steps", 0), "train_s": ("train (s)", 0),
 }
 _PERCENT = ("knn_val", "linear_val", "knn_test", "linear_test", "emb_knn_test", "emb_linear_test",
-            "finetune_val", "finetune_test", "end_to_end_test")
+            "finetune_val", "finetune_test", "end_to_end_test", "transfer_knn_test", "transfer_linear_test")
 
 
 @dataclass
@@ -124,7 +125,8 @@ class Run:
 
 
 def run(name: str, method, dataset, *, setting=None, embedding: bool = False, log: bool = True,
-        fine_tune: dict | None = None, lidar: dict | None = None, **fit_options) -> Run:
+        fine_tune: dict | None = None, lidar: dict | None = None, factors: bool = False, transfer=None,
+        **fit_options) -> Run:
     """Trains ``method`` on ``dataset`` with ``fit(method, dataset, **fit_options)``
     and evaluates it.
 
@@ -141,10 +143,19 @@ def run(name: str, method, dataset, *, setting=None, embedding: bool = False, lo
     ``batch_size``, ``delta``, ``eps``: see :func:`_lidar`) also measures
     LiDAR on the embedding, with views drawn like the run's first view and
     seeded like the run (``lidar``, and its seconds ``lidar_s``, features
-    included). Progress bars are off; with ``log`` one line per run is printed.
+    included). ``factors=True`` adds the nuisance factors' R²
+    (:func:`add_factor_scores`) and ``transfer`` (another
+    :class:`cookbook.data.Dataset`) the probes on it
+    (:func:`add_transfer_scores`), so that a worker of :func:`run_recipes`
+    scores its own run; both are checked before training. Progress bars are
+    off; with ``log`` one line per run is printed.
     """
     if lidar is not None:
         _check_lidar_options(lidar)  # before training, not after
+    if factors:
+        _check_factors(dataset)
+    if transfer is not None:
+        _check_transfer([method], transfer)
     fit_options.setdefault("progress", False)
     fit_options.setdefault("log", False)
     history = fit(method, dataset, **fit_options)
@@ -160,7 +171,12 @@ def run(name: str, method, dataset, *, setting=None, embedding: bool = False, lo
     if lidar is not None:
         scores.update(_lidar(method, dataset, lidar, fit_options.get("views"), fit_options.get("seed", 0)))
     result = Run(name, name if setting is None else setting, method, history, scores,
-                 time.perf_counter() - start, fit_options.get("seed", 0))
+                 seed=fit_options.get("seed", 0))
+    if factors:
+        add_factor_scores([result], dataset)
+    if transfer is not None:
+        add_transfer_scores([result], transfer)
+    result.eval_seconds = time.perf_counter() - start
     if log:
         _print_run(result)
     return result
@@ -233,7 +249,7 @@ def _print_run(run: Run) -> None:
 def run_recipe(recipe, dataset, *, seed: int = 0, setting=None, name: str | None = None,
                embedding: bool = False, device=None, log: bool = True, eval_every: int = 0,
                eval_rankme: bool = False, fine_tune: dict | None = None, lidar: dict | None = None,
-               **method_options) -> Run:
+               factors: bool = False, transfer=None, **method_options) -> Run:
     """Trains a fresh model with a :class:`cookbook.recipes.Recipe` and evaluates it (:func:`run`).
 
     ``torch.manual_seed(seed)`` comes first, so every run of one architecture
@@ -245,14 +261,15 @@ def run_recipe(recipe, dataset, *, seed: int = 0, setting=None, name: str | None
     :func:`cookbook.train.fit`: a learning curve in ``run.history.epochs``
     (kNN on a validation split every k epochs, and RankMe if asked).
     ``fine_tune`` goes to :func:`run` (masked image modeling's evaluation),
-    and so does ``lidar`` (LiDAR's views are drawn with the first spec of the
-    recipe's views unless it names a ``view``).
+    and so do ``lidar`` (LiDAR's views are drawn with the first spec of the
+    recipe's views unless it names a ``view``), ``factors`` and ``transfer``.
     """
     torch.manual_seed(seed)
     method = recipe.build(dataset.image_size, **method_options)
     views = recipe.make_views(method, dataset.image_size)
     return run(name or recipe.method, method, dataset, setting=setting, embedding=embedding, log=log,
-               fine_tune=fine_tune, lidar=lidar, views=views, device=device, seed=seed, eval_every=eval_every,
+               fine_tune=fine_tune, lidar=lidar, factors=factors, transfer=transfer, views=views, device=device,
+               seed=seed, eval_every=eval_every,
                eval_rankme=eval_rankme, **recipe.fit_options())
 
 
@@ -263,6 +280,13 @@ def _start_worker(dataset, threads: int) -> None:
     global _WORKER_DATASET
     _WORKER_DATASET = dataset
     torch.set_num_threads(threads)
+    warnings.formatwarning = _warning_without_path  # a notebook shows workers' stderr
+
+
+def _warning_without_path(message, category, filename, lineno, line=None) -> str:
+    """A warning as one line, ``Category: message``: without the source file's
+    absolute path, which a committed notebook must never show."""
+    return f"{category.__name__}: {message}\n"
 
 
 def _in_workers(task, jobs: list, dataset, workers: int):
@@ -317,6 +341,12 @@ def run_recipes(jobs: list[dict], dataset, *, workers: int = 1, log: bool = True
         if "recipe" not in job:
             raise ValueError(f"job {i} has no 'recipe': each job is a dict of run_recipe's keyword "
                              f"arguments with its recipe, e.g. dict(recipe=r, seed=0)")
+        if job.get("lidar") is not None:  # every job's options checked before any job trains
+            _check_lidar_options(job["lidar"])
+        if job.get("factors"):
+            _check_factors(dataset)
+        if job.get("transfer") is not None:
+            _check_transfer([], job["transfer"])
     if workers == 1 or len(jobs) <= 1:
         return [run_recipe(dataset=dataset, log=log, **job) for job in jobs]
     runs = []
@@ -487,13 +517,15 @@ def factor_table(groups: dict, dataset, factors=evaluate.FACTORS):
     per ``{name: runs}`` of ``groups`` and, as "mean ± sd" over the runs
     (seeds), the test R² of a ridge probe for each factor
     (:func:`cookbook.evaluate.factor_probes`) and the linear probe's test
-    accuracy on the class ("class (%)")."""
+    accuracy on the class ("class (%)"). The R² values are kept in each run's
+    metrics (:func:`add_factor_scores`), so a run is probed once."""
     import pandas as pd
 
+    add_factor_scores([r for runs in groups.values() for r in runs], dataset, factors)
     rows = {}
     for name, runs in groups.items():
-        probes = [evaluate.factor_probes(r.method, dataset, factors, seed=r.seed) for r in runs]
-        row = {f"{factor} R²": _format(*_mean_sd_of([p[factor] for p in probes]), 2) for factor, _ in factors}
+        row = {f"{factor} R²": _format(*_mean_sd_of([r.metrics[f"factor_{factor}"] for r in runs]), 2)
+               for factor, _ in factors}
         row["class (%)"] = _format(*[100 * v for v in _mean_sd_of([r.metrics["linear_test"] for r in runs])], 1)
         rows[name] = row
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis(index=None, columns="model")
@@ -510,21 +542,73 @@ def add_factor_scores(runs: list[Run], dataset, factors=evaluate.FACTORS) -> Non
     These are downstream tasks other than the class, to report against
     (``selection_table(studies, report="factor_hue")``, ``spearman_ci(runs,
     "rankme", "factor_x")``) or show (``table(runs, columns=("factor_hue",))``).
-    A run whose metrics are shared with another (:meth:`Run.as_setting`) is
-    probed once. Cost per run: forward passes over the train and test splits
+    A run that holds these scores already (probed by :func:`factor_table`, or
+    sharing its metrics with another through :meth:`Run.as_setting`) is not
+    probed again. Cost per run: forward passes over the train and test splits
     and one ridge fit per factor (O(N·D² + D³)). ValueError when ``dataset``
     has no factors (CIFAR-10: only ``shapes`` records them).
     """
-    if not dataset.factors:
-        raise ValueError(f"dataset {dataset.name!r} records no factors of variation, so there is no downstream "
-                         f"task but the class to score; add_factor_scores needs a dataset such as 'shapes'")
-    done = set()
+    _check_factors(dataset)
+    keys = [f"factor_{name}" for name, _ in factors]
     for r in runs:
-        if id(r.metrics) in done:
+        if all(key in r.metrics for key in keys):  # probed already, e.g. shared by as_setting
             continue
         probes = evaluate.factor_probes(r.method, dataset, factors, seed=r.seed)
         r.metrics.update({f"factor_{name}": float(value) for name, value in probes.items()})
-        done.add(id(r.metrics))
+
+
+def add_transfer_scores(runs: list[Run], dataset) -> None:
+    """Adds to each run's metrics, in place, how its frozen representation
+    does on another labelled ``dataset`` (a :class:`cookbook.data.Dataset`
+    the runs were not trained on, e.g. CIFAR-10 for models of ``shapes``):
+    ``transfer_knn_test`` and ``transfer_linear_test``, the kNN and linear
+    probe (:func:`cookbook.evaluate.knn_accuracy`,
+    :func:`cookbook.evaluate.linear_probe`, seeded by the run's seed) fitted
+    on ``dataset``'s train split and scored on its test split, fractions in
+    [0, 1]. The probe's hyper-parameters are chosen on a validation split of
+    ``dataset``'s train split, as always.
+
+    This is the other-dataset column of a selection: had a criterion chosen
+    on the training data, would its pick transfer (``selection_table(studies,
+    report="transfer_linear_test")``)? Runs already holding both scores
+    (e.g. sharing metrics through :meth:`Run.as_setting`) are not scored
+    again; all runs of one call are scored on the same ``dataset``, so do not
+    mix calls with different datasets in one study. Load ``dataset`` at the
+    image size the runs were trained at: a ResNet would take any size, but
+    its features would not be the ones it learnt; a ViT, built for one size,
+    gets a ValueError before any work. Cost per run: forward passes over ``dataset``'s train and test splits, a kNN and a
+    linear probe (see :func:`cookbook.evaluate.linear_probe`).
+    """
+    keys = ("transfer_knn_test", "transfer_linear_test")
+    _check_transfer([r.method for r in runs], dataset)
+    for r in runs:
+        if all(key in r.metrics for key in keys):
+            continue
+        train_f, test_f = (evaluate.features(r.method, dataset, split) for split in ("train", "test"))
+        r.metrics["transfer_knn_test"] = float(evaluate.knn_accuracy(train_f, dataset.train_y, test_f,
+                                                                     dataset.test_y))
+        r.metrics["transfer_linear_test"] = float(evaluate.linear_probe(train_f, dataset.train_y, test_f,
+                                                                        dataset.test_y, seed=r.seed))
+
+
+def _check_factors(dataset) -> None:
+    if not dataset.factors:
+        raise ValueError(f"dataset {dataset.name!r} records no factors of variation, so there is no downstream "
+                         f"task but the class to score; add_factor_scores needs a dataset such as 'shapes'")
+
+
+def _check_transfer(models: list, dataset) -> None:
+    """ValueError unless ``dataset`` is a labelled dataset whose images every model can take."""
+    if not all(hasattr(dataset, key) for key in ("train_x", "train_y", "test_x", "test_y")):
+        raise ValueError(f"transfer must be a cookbook.data.Dataset (e.g. data.load('cifar10', image_size=16)), "
+                         f"got {type(dataset).__name__}")
+    size = dataset.image_size
+    for model in models:
+        vit = getattr(getattr(model, "backbone", None), "vit", None)
+        expected = getattr(vit, "image_size", None)  # only a ViT is built for one size
+        if expected is not None and expected != size:
+            raise ValueError(f"a network built for {expected}-pixel images cannot read {dataset.name!r}, whose "
+                             f"images are {size} pixels; load it with image_size={expected}")
 
 
 def _check_has(runs: list[Run], key: str) -> None:
@@ -532,6 +616,7 @@ def _check_has(runs: list[Run], key: str) -> None:
     missing = [r.name for r in runs if key not in r.row()]
     if missing:
         how = ("add it with add_factor_scores" if key.startswith("factor_") else
+               "add it with add_transfer_scores" if key.startswith("transfer_") else
                "train them with lidar=dict(...)" if key == "lidar" else
                "train them with fine_tune=dict(...)" if key.startswith("finetune_") else
                "evaluate them with cookbook.evaluate.evaluate_model")

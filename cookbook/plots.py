@@ -422,6 +422,19 @@ def _mean_line(ax, x, mean_sd, **style):
     return ax.plot(x, mean, zorder=3, **style)
 
 
+def _setting_axis(ax, ticks, settings, numeric: bool, log_x: bool, xlabel: str) -> None:
+    """A study's x axis: one tick per setting, numbers as ``%g`` (on a log
+    scale if asked), labels slanted so that long ones do not collide."""
+    if log_x:
+        ax.set_xscale("log")
+    if numeric:
+        ax.set_xticks(ticks, [f"{s:g}" for s in settings])
+        ax.minorticks_off()
+    else:
+        ax.set_xticks(ticks, [str(s) for s in settings], rotation=30, ha="right")
+    ax.set_xlabel(xlabel)
+
+
 def plot_study(runs, accuracies=("knn_test", "linear_test"), xlabel: str = "setting", log_x: bool = False,
                title: str | None = None, ax=None, references: dict | None = None):
     """One study in two panels: accuracies (%, left) and RankMe (right) against the setting.
@@ -474,14 +487,7 @@ def plot_study(runs, accuracies=("knn_test", "linear_test"), xlabel: str = "sett
     reference_lines(ax, **(references or {}))
     ticks = [position[s] for s in all_settings]
     for panel in (ax, rank_ax):
-        if log_x:
-            panel.set_xscale("log")
-        if numeric:
-            panel.set_xticks(ticks, [f"{s:g}" for s in all_settings])
-            panel.minorticks_off()
-        else:
-            panel.set_xticks(ticks, [str(s) for s in all_settings], rotation=30, ha="right")
-        panel.set_xlabel(xlabel)
+        _setting_axis(panel, ticks, all_settings, numeric, log_x, xlabel)
     ax.set_ylabel("accuracy (%)")
     ax.set_title("accuracy")
     rank_ax.set_ylabel("RankMe (embedding)")
@@ -490,6 +496,66 @@ def plot_study(runs, accuracies=("knn_test", "linear_test"), xlabel: str = "sett
     if title:
         ax.figure.suptitle(title)
     return ax
+
+
+#: Axis labels of the quantities :func:`plot_sweep` draws.
+SWEEP_LABELS = {
+    "linear_test": "linear probe, test (%)", "linear_val": "linear probe, val. (%)",
+    "knn_test": "kNN, test (%)", "knn_val": "kNN, val. (%)", "finetune_test": "fine-tune, test (%)",
+    "rankme": "RankMe (embedding)", "rankme_rep": "RankMe (repr.)", "alpha": "α-ReQ (repr.)",
+    "lidar": "LiDAR (embedding)", "transfer_linear_test": "transfer linear (%)",
+}
+
+
+def plot_sweep(runs, keys=("linear_test", "rankme", "alpha", "lidar"), xlabel: str = "setting",
+               log_x: bool = False, axes=None, references: dict | None = None, title: str | None = None):
+    """One sweep, one panel per quantity of ``keys`` against the setting:
+    the mean over a setting's runs (seeds) with one sample standard deviation
+    as an error bar, and each run as a dot.
+
+    runs: :class:`cookbook.experiment.Run` objects (``.setting`` and
+    ``.metrics``), settings drawn by value when all are numbers (``log_x``
+    for a log axis), else evenly in first-seen order. Keys holding
+    accuracies (``*_test``, ``*_val``) are drawn in %; ``references``
+    (keyword arguments of :func:`reference_lines`, in %) go on the first
+    panel when it is an accuracy. α-ReQ's panel shows α = 1 as a dotted line
+    (the criterion picks the α closest to it). axes: None (a new row of
+    ``len(keys)`` panels) or that many Axes. A NaN (an α-ReQ that could not
+    be fitted) leaves a gap. Returns the list of Axes.
+    """
+    if not runs:
+        raise ValueError("plot_sweep needs at least one run")
+    if axes is None:
+        _, axes = figure(ncols=len(keys), height=3.0)
+    axes = list(np.ravel(axes))
+    if len(axes) != len(keys):
+        raise ValueError(f"plot_sweep draws {len(keys)} panels ({', '.join(keys)}) but got {len(axes)} axes")
+    groups = by_setting(runs)
+    settings = list(groups)
+    numeric = all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in settings)
+    if numeric:
+        settings = sorted(settings)
+    position = {s: (float(s) if numeric else i) for i, s in enumerate(settings)}
+    colour = _method_color(runs) or STUDY_PALETTE[0]
+    x = np.array([position[s] for s in settings])
+    for ax, key in zip(axes, keys):
+        scale = 100.0 if key.endswith(("_test", "_val")) else 1.0
+        values = [[scale * float(r.metrics[key]) for r in groups[s]] for s in settings]
+        for xi, vs in zip(x, values):
+            ax.scatter([xi] * len(vs), vs, s=12, color=colour, alpha=0.45, zorder=2)
+        means = [float(np.mean(v)) for v in values]
+        sds = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in values]
+        _mean_line(ax, x, list(zip(means, sds)), marker="o", color=colour)
+        if key == "alpha":
+            ax.axhline(1.0, color="0.4", linestyle=":", linewidth=1.2)
+        ax.set_ylabel(SWEEP_LABELS.get(key, key))
+        _setting_axis(ax, x, settings, numeric, log_x, xlabel)
+    if references and keys[0].endswith(("_test", "_val")):
+        reference_lines(axes[0], **references)
+        legend_outside(axes[0], where="below", figure_wide=True)
+    if title:
+        axes[0].figure.suptitle(title)
+    return axes
 
 
 def plot_loss_curves(histories: dict, chance: dict | None = None, ylabel: str = "loss (mean over an epoch)"):

@@ -438,3 +438,60 @@ def test_add_factor_scores_makes_the_factors_reports(monkeypatch):
     ds.factors = None  # as CIFAR-10
     with pytest.raises(ValueError, match="no factors"):
         experiment.add_factor_scores(runs, ds)
+
+
+@pytest.mark.filterwarnings("ignore:k = .* exceeds", "ignore:RankMe with N")
+def test_add_transfer_scores_probes_another_dataset_with_its_own_labels():
+    ds = data.load("shapes", subset=96, test_subset=48, image_size=16, seed=0)
+    other = data.load("shapes", subset=64, test_subset=32, image_size=16, seed=1)
+    torch.manual_seed(0)
+    model = methods.build("simclr", models.backbone("resnet10", width=4, image_size=16))
+    r = Run("net", "a", model, History(steps=0, wall_time_s=0.0), {}, seed=3)
+    experiment.add_transfer_scores([r], other)
+    train_f, test_f = evaluate.features(model, other, "train"), evaluate.features(model, other, "test")
+    assert r.metrics["transfer_knn_test"] == evaluate.knn_accuracy(train_f, other.train_y, test_f, other.test_y)
+    assert r.metrics["transfer_linear_test"] == evaluate.linear_probe(train_f, other.train_y, test_f,
+                                                                      other.test_y, seed=3)
+    other.train_x = other.train_x.zero_()  # scored once: a second call must not read the images again
+    experiment.add_transfer_scores([r, r.as_setting("b")], other)
+    assert r.metrics["transfer_knn_test"] == evaluate.knn_accuracy(train_f, other.train_y, test_f, other.test_y)
+    frame = experiment.table([r], columns=("transfer_knn_test", "transfer_linear_test"))
+    assert list(frame.columns) == ["transfer kNN (%)", "transfer linear (%)"]
+    with pytest.raises(ValueError, match="add it with add_transfer_scores"):
+        experiment.selection_table({"s": [Run("x", "x", model, History(), {"rankme": 1.0})]},
+                                   report="transfer_linear_test", criteria=("rankme",))
+
+
+def test_add_transfer_scores_refuses_a_vit_and_a_dataset_of_another_size():
+    vit = methods.build("mae", models.backbone("vit_tiny", image_size=16, patch_size=4, dim=32, depth=1, heads=2))
+    r = Run("vit", "a", vit, History(), {})
+    other = data.load("shapes", subset=32, test_subset=16, image_size=32, seed=1)
+    with pytest.raises(ValueError, match="built for 16-pixel images.*image_size=16"):
+        experiment.add_transfer_scores([r], other)
+    assert r.metrics == {}
+
+
+@pytest.mark.filterwarnings("ignore:k = .* exceeds", "ignore:RankMe with N")
+def test_run_scores_factors_and_transfer_itself_and_checks_them_before_training():
+    from cookbook import recipes
+
+    ds = data.load("shapes", subset=96, test_subset=48, image_size=16, seed=0)
+    other = data.load("shapes", subset=64, test_subset=32, image_size=16, seed=1)
+    tiny = recipes.recipe("simclr").with_(width=8, steps=2, batch_size=32)
+    r = experiment.run_recipe(tiny, ds, seed=0, log=False, factors=True, transfer=other)
+    scored = {k: v for k, v in r.metrics.items() if k.startswith(("factor_", "transfer_"))}
+    assert set(scored) == {"factor_hue", "factor_x", "factor_y", "factor_scale", "transfer_knn_test",
+                           "transfer_linear_test"}
+    again = experiment.Run("copy", "copy", r.method, r.history, {}, seed=0)
+    experiment.add_factor_scores([again], ds)
+    experiment.add_transfer_scores([again], other)
+    assert again.metrics == scored
+    no_factors = data.Dataset("plain", ds.train_x, ds.train_y, ds.test_x, ds.test_y, ds.classes)
+    method = tiny.build(16)
+    before = [p.detach().clone() for p in method.parameters()]
+    with pytest.raises(ValueError, match="records no factors"):
+        experiment.run("x", method, no_factors, factors=True, steps=2, batch_size=32)
+    with pytest.raises(ValueError, match="transfer must be a cookbook.data.Dataset"):
+        experiment.run_recipes([dict(recipe=tiny, seed=0), dict(recipe=tiny, seed=1, transfer="cifar10")],
+                               ds, workers=2)
+    assert all(torch.equal(a, b) for a, b in zip(before, method.parameters()))  # nothing trained

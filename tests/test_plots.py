@@ -177,6 +177,14 @@ def _figures():
     for ax in axes:
         plots.plot_singular_values({"none": Z[:, :8], "2-layer, 128": Z}, ax=ax)
     yield "two spectra", fig
+    sweep = [r for s, (lin, rank) in {0.1: (0.3, 10.0), 1.0: (0.5, 20.0), 10.0: (0.4, 30.0)}.items()
+             for r in _seeded(s, lin, lin, rank)]
+    for r in sweep:
+        r.metrics.update(alpha=1.5, lidar=r.metrics["rankme"] / 2)
+    fig, axes = plots.figure(ncols=2, nrows=2, height=5.6)
+    plots.plot_sweep(sweep, xlabel="temperature τ", log_x=True, axes=axes,
+                     references={"raw_pixels": 35, "untrained": 25, "supervised": 90})
+    yield "sweep", fig
 
 
 def _texts(fig):
@@ -184,7 +192,7 @@ def _texts(fig):
 
 
 @pytest.mark.parametrize("name", ["eigenspectrum", "singular values", "metric vs accuracy", "study",
-                                  "three panels", "two spectra"])
+                                  "three panels", "two spectra", "sweep"])
 def test_figures_are_readable_in_the_column(name):
     fig = dict(_figures())[name]
     fig.canvas.draw()
@@ -197,7 +205,7 @@ def test_figures_are_readable_in_the_column(name):
 
 
 @pytest.mark.parametrize("name", ["eigenspectrum", "singular values", "metric vs accuracy", "study",
-                                  "three panels", "two spectra"])
+                                  "three panels", "two spectra", "sweep"])
 def test_legends_do_not_cover_data_or_labels(name):
     fig = dict(_figures())[name]
     fig.canvas.draw()
@@ -379,3 +387,24 @@ def test_plot_map_colours_classes_and_factors():
     assert hue_ax.collections[0].get_cmap().name == "hsv"
     with pytest.raises(ValueError, match="points must be"):
         plots.plot_map(points[:, :1], {"class": np.arange(30)})
+
+
+def test_plot_sweep_draws_each_quantity_as_seed_means_and_checks_its_axes():
+    runs = [r for s, lin in ((0.1, 0.3), (1.0, 0.5)) for r in _seeded(s, lin, lin, 10.0 + 10 * lin)]
+    for r in runs:
+        r.metrics.update(alpha=0.8, lidar=7.0)
+    runs[0].metrics["alpha"] = float("nan")  # an α-ReQ that could not be fitted: a gap, not an error
+    axes = plots.plot_sweep(runs, log_x=True)
+    assert len(axes) == 4 and [ax.get_xscale() for ax in axes] == ["log"] * 4
+    np.testing.assert_allclose(axes[0].get_lines()[0].get_ydata(), [30, 50])  # accuracies in %
+    np.testing.assert_allclose(axes[1].get_lines()[0].get_ydata(), [13, 15])  # RankMe as it is
+    assert any(line.get_ydata()[0] == 1.0 for line in axes[2].get_lines()), "alpha = 1 is marked"
+    assert [t.get_text() for t in axes[3].get_xticklabels()] == ["0.1", "1"]
+    assert axes[2].get_ylabel() == "α-ReQ (repr.)"
+    labelled = plots.plot_sweep([_run("a / b", 0.2, 0.3, 5.0), _run("c / d", 0.2, 0.4, 6.0)],
+                                keys=("linear_test", "rankme"))
+    assert [t.get_text() for t in labelled[0].get_xticklabels()] == ["a / b", "c / d"]
+    with pytest.raises(ValueError, match="draws 4 panels.*got 2 axes"):
+        plots.plot_sweep(runs, axes=plots.figure(ncols=2)[1])
+    with pytest.raises(ValueError, match="at least one run"):
+        plots.plot_sweep([])
