@@ -8,8 +8,9 @@ name and describes the run.
 =========  ==========================================================
 ``smoke``  ``shapes``, seconds of CPU; proves that the code runs.
 ``cpu``    ``shapes`` on the CPU testbed, at most 45 minutes on 2 cores (60
-           for a family that needs longer runs); the committed outputs of
-           every chapter come from this budget.
+           for a family that needs longer runs, and for chapter 05's 90
+           runs); the committed outputs of every chapter come from this
+           budget.
 ``gpu``    CIFAR-10, sized on paper for one GPU; no chapter has timed it yet.
 ``auto``   ``gpu`` when CUDA is available, ``cpu`` otherwise.
 =========  ==========================================================
