@@ -422,6 +422,17 @@ def _mean_line(ax, x, mean_sd, **style):
     return ax.plot(x, mean, zorder=3, **style)
 
 
+def _setting_positions(settings) -> tuple[list, bool, dict]:
+    """A study's settings in drawing order and their x positions: numbers
+    sorted and placed by value, anything else evenly in first-seen order.
+    Returns (settings, numeric, {setting: x})."""
+    settings = list(dict.fromkeys(settings))
+    numeric = all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in settings)
+    if numeric:
+        settings = sorted(settings)
+    return settings, numeric, {s: (float(s) if numeric else i) for i, s in enumerate(settings)}
+
+
 def _setting_axis(ax, ticks, settings, numeric: bool, log_x: bool, xlabel: str) -> None:
     """A study's x axis: one tick per setting, numbers as ``%g`` (on a log
     scale if asked), labels slanted so that long ones do not collide."""
@@ -463,11 +474,7 @@ def plot_study(runs, accuracies=("knn_test", "linear_test"), xlabel: str = "sett
     series = runs if isinstance(runs, dict) else {None: runs}
     if not series or not all(series.values()):
         raise ValueError("plot_study needs at least one run")
-    all_settings = list(dict.fromkeys(r.setting for group in series.values() for r in group))
-    numeric = all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in all_settings)
-    if numeric:
-        all_settings = sorted(all_settings)
-    position = {s: (float(s) if numeric else i) for i, s in enumerate(all_settings)}
+    all_settings, numeric, position = _setting_positions(r.setting for group in series.values() for r in group)
     colours = study_colors([str(name) for name in series]) if len(series) > 1 else {}
     for name, group_runs in series.items():
         groups = by_setting(group_runs)
@@ -531,21 +538,15 @@ def plot_sweep(runs, keys=("linear_test", "rankme", "alpha", "lidar"), xlabel: s
     if len(axes) != len(keys):
         raise ValueError(f"plot_sweep draws {len(keys)} panels ({', '.join(keys)}) but got {len(axes)} axes")
     groups = by_setting(runs)
-    settings = list(groups)
-    numeric = all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in settings)
-    if numeric:
-        settings = sorted(settings)
-    position = {s: (float(s) if numeric else i) for i, s in enumerate(settings)}
+    settings, numeric, position = _setting_positions(groups)
     colour = _method_color(runs) or STUDY_PALETTE[0]
     x = np.array([position[s] for s in settings])
     for ax, key in zip(axes, keys):
         scale = 100.0 if key.endswith(("_test", "_val")) else 1.0
-        values = [[scale * float(r.metrics[key]) for r in groups[s]] for s in settings]
-        for xi, vs in zip(x, values):
-            ax.scatter([xi] * len(vs), vs, s=12, color=colour, alpha=0.45, zorder=2)
-        means = [float(np.mean(v)) for v in values]
-        sds = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in values]
-        _mean_line(ax, x, list(zip(means, sds)), marker="o", color=colour)
+        for xi, s in zip(x, settings):
+            values = [scale * float(r.metrics[key]) for r in groups[s]]
+            ax.scatter([xi] * len(values), values, s=12, color=colour, alpha=0.45, zorder=2)
+        _mean_line(ax, x, [_mean_sd(groups[s], key, scale) for s in settings], marker="o", color=colour)
         if key == "alpha":
             ax.axhline(1.0, color="0.4", linestyle=":", linewidth=1.2)
         ax.set_ylabel(SWEEP_LABELS.get(key, key))
