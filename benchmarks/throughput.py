@@ -24,7 +24,7 @@ import cookbook  # noqa: F401  (before torch: sets the OpenMP wait policy on CPU
 import torch
 
 from cookbook import augment, data, methods, models
-from cookbook.train import fit, make_optimizer
+from cookbook.train import fit, make_optimizer, memory_format
 
 
 def sync(device):
@@ -59,7 +59,7 @@ def model_only_rate(width, device, batch, steps):
     """Steps of SimCLR on fixed view tensors: the ceiling for the full pipeline."""
     method = methods.SimCLR(models.resnet18(width)).to(device)
     cuda = device.type == "cuda"
-    fmt = torch.channels_last if cuda else torch.contiguous_format
+    fmt = memory_format(method, device)  # fit's choice: channels_last, except where torch crashes in it
     method.to(memory_format=fmt)
     opt = make_optimizer(method, "sgd", 0.06, 5e-4)
     views = [torch.rand(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt) for _ in range(2)]

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from cookbook import data, methods, models
+from cookbook import train
 from cookbook.train import (CHECKPOINT_NAME, NonFiniteLossError, fit, load_checkpoint, lr_at, memory_format,
-                            save_atomic, scaled_lr)
+                            prefetched, save_atomic, scaled_lr)
 
 
 def tiny_run(**kw):
@@ -84,6 +85,51 @@ def test_training_changes_weights_and_is_seeded():
     torch.testing.assert_close(h1.final_loss, h2.final_loss)
     w1, w0 = next(m1.backbone.parameters()), next(untrained.backbone.parameters())
     assert not torch.allclose(w1, w0)
+
+
+def test_prefetched_draws_as_a_plain_loop_would():
+    """The background thread makes the same items in the same order from the same generator."""
+    def draws(background):
+        gen = torch.Generator().manual_seed(3)
+        with prefetched(lambda i: (i, torch.rand(4, generator=gen)), 6, background=background) as items:
+            out = list(items)
+        return out, gen.get_state()
+
+    (plain, state_plain), (ahead, state_ahead) = draws(False), draws(True)
+    assert [i for i, _ in ahead] == list(range(6))
+    for (_, a), (_, b) in zip(plain, ahead):
+        assert torch.equal(a, b)
+    assert torch.equal(state_plain, state_ahead)  # nothing drawn past the last item
+
+
+def test_prefetched_raises_the_makers_error_and_stops_when_left_early():
+    def make(i):
+        if i == 2:
+            raise ValueError("bad batch 2")
+        return i
+
+    with pytest.raises(ValueError, match="bad batch 2"):
+        with prefetched(make, 5) as items:
+            assert [next(items), next(items)] == [0, 1]
+            next(items)
+    made = []
+    with pytest.raises(RuntimeError, match="step failed"):
+        with prefetched(lambda i: made.append(i) or i, 1000) as items:
+            for i in items:
+                if i == 1:
+                    raise RuntimeError("step failed")
+    assert len(made) <= 4  # the thread stopped a batch or two ahead, not at the end
+    assert not [t for t in __import__("threading").enumerate() if t.name == "cookbook-prefetch"]
+
+
+def test_fit_trains_alike_with_and_without_the_prefetching_thread(monkeypatch):
+    """Bit for bit: the same losses and weights with the background augmentation as without."""
+    m1, _, h1 = tiny_run(epochs=2)
+    monkeypatch.setattr(train, "PREFETCH", False)
+    m2, _, h2 = tiny_run(epochs=2)
+    assert [e["loss"] for e in h1.epochs] == [e["loss"] for e in h2.epochs]
+    for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_save_atomic_keeps_old_file_when_write_fails(tmp_path, monkeypatch):

@@ -1,5 +1,7 @@
 """fit's run length in steps, its fixed-learning-rate groups and the precision it picks."""
 
+import math
+
 import pytest
 import torch
 
@@ -54,12 +56,30 @@ def test_precision_on_cpu_is_fp32_and_explicit_requests_are_honoured(monkeypatch
     assert train.select_precision("cpu") == "fp32"
     assert train.select_precision("cpu", "fp32") == "fp32"
     with pytest.raises(ValueError, match="CUDA"):
+        train.select_precision("cpu", "fp16")
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(ValueError, match="emulated.*fp32"):
         train.select_precision("cpu", "bf16")
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
+    assert train.select_precision("cpu", "bf16") == "bf16"  # bf16 hardware: honoured
+    assert train.select_precision("cpu") == "fp32"  # but never chosen by auto
     with pytest.raises(ValueError, match="unknown precision"):
         train.select_precision("cpu", "fp8")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     assert train.select_precision(torch.device("cuda"), "bf16") == "bf16"  # asked for: honoured
     assert train.select_precision(torch.device("cuda"), "fp32") == "fp32"
+
+
+@pytest.mark.skipif(not train.cpu_has_native_bf16(), reason="this CPU has no bf16 hardware")
+def test_bf16_on_a_cpu_that_has_it_trains_under_cpu_autocast(tiny_shapes):
+    torch.manual_seed(0)
+    m = methods.SimCLR(models.resnet10(8))
+    seen = []
+    m.backbone.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    h = train.fit(m, tiny_shapes, steps=3, batch_size=32, precision="bf16", progress=False, log=False)
+    assert h.precision == "bf16" and seen == [torch.bfloat16] * 3
+    assert all(math.isfinite(e["loss"]) for e in h.epochs)
+    assert all(p.dtype == torch.float32 for p in m.parameters())  # autocast: fp32 weights, bf16 compute
 
 
 def test_fine_tune_copies_the_backbone_and_learns_from_labels(tiny_shapes):
