@@ -2,13 +2,15 @@
 
     python benchmarks/vs_lightly.py                          # shapes, 150 steps, seeds 0 1
     python benchmarks/vs_lightly.py --steps 600 --loader-workers 0 1 2
+    python benchmarks/vs_lightly.py --precision bf16         # both sides under CPU bf16 autocast
     python benchmarks/vs_lightly.py --dataset folder:../shared/data/cifar10-jpeg.tar.xz
     python benchmarks/vs_lightly.py --time-to-knn      # each side's own recipe, to a kNN of 0.80
 
 The same model on both sides, with identical model-level options: the testbed's
 SimCLR (ResNet-10 width 16, its projector, lightly's NTXentLoss at T = 0.5;
 ``cookbook.recipes``), SGD with momentum 0.9 and the recipe's learning rate,
-warm-up and cosine decay per step (``train.lr_at``), fp32, channels_last where
+warm-up and cosine decay per step (``train.lr_at``), the same precision (fp32, or
+bf16 autocast with ``--precision bf16`` on a CPU with bf16 hardware), channels_last where
 ``train.memory_format`` uses it, and the same torch threads. What differs is the
 data pipeline:
 
@@ -62,7 +64,7 @@ from lightly.transforms import SimCLRTransform
 from PIL import Image
 
 from cookbook import data, evaluate, recipes
-from cookbook.train import WEIGHT_DECAY, fit, lr_at, make_optimizer, memory_format, scaled_lr
+from cookbook.train import WEIGHT_DECAY, cpu_has_native_bf16, fit, lr_at, make_optimizer, memory_format, scaled_lr
 
 
 class PILDataset(torch.utils.data.Dataset):
@@ -89,8 +91,10 @@ def lightly_transform(recipe, size: int) -> SimCLRTransform:
                            gaussian_blur=spec.gaussian_blur, normalize=None)
 
 
-def train_lightly_loop(recipe, ds, seed: int, steps: int, warmup: int, workers: int) -> dict:
-    """lightly's documented loop: DataLoader of PIL views, forward, loss, step."""
+def train_lightly_loop(recipe, ds, seed: int, steps: int, warmup: int, workers: int,
+                       precision: str = "fp32") -> dict:
+    """lightly's documented loop: DataLoader of PIL views, forward, loss, step; the loss
+    under CPU autocast in bf16 when ``precision`` is "bf16", as ``fit`` does."""
     torch.manual_seed(seed)
     method = recipe.build(ds.image_size)
     device = torch.device("cpu")
@@ -110,7 +114,8 @@ def train_lightly_loop(recipe, ds, seed: int, steps: int, warmup: int, workers: 
                 start = time.perf_counter()
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, steps, int(0.1 * steps), peak)
-            loss = method.loss([v.contiguous(memory_format=layout) for v in views])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = method.loss([v.contiguous(memory_format=layout) for v in views])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -121,13 +126,13 @@ def train_lightly_loop(recipe, ds, seed: int, steps: int, warmup: int, workers: 
     return {"img_s": (steps - warmup) * recipe.batch_size / seconds, "seconds": seconds, "method": method}
 
 
-def train_fit(recipe, ds, seed: int, steps: int, warmup: int) -> dict:
+def train_fit(recipe, ds, seed: int, steps: int, warmup: int, precision: str = "fp32") -> dict:
     """``cookbook.fit`` with the recipe; timed from fit's per-epoch wall times,
     without the first epoch (``warmup`` steps)."""
     torch.manual_seed(seed)
     method = recipe.build(ds.image_size)
     h = fit(method, ds, **{**recipe.fit_options(), "steps": steps}, views=recipe.make_views(method, ds.image_size),
-            seed=seed, progress=False, log=False)
+            seed=seed, precision=precision, progress=False, log=False)
     seconds = sum(e["seconds"] for e in h.epochs[1:])
     return {"img_s": (steps - warmup) * recipe.batch_size / seconds, "seconds": seconds, "method": method}
 
@@ -242,6 +247,8 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--loader-workers", type=int, nargs="+", default=None,
                    help="DataLoader workers to time (default 0 1 2; --time-to-knn: the first, default 2)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="both sides' autocast precision (bf16: a CPU with bf16 hardware only)")
     p.add_argument("--time-to-knn", action="store_true", help="each side's own recipe to a fixed test kNN")
     p.add_argument("--threshold", type=float, default=0.80, help="--time-to-knn: the test kNN to reach")
     p.add_argument("--budget-factor", type=float, default=3.0,
@@ -253,6 +260,8 @@ def main(argv=None):
             p.error("--threshold must lie in (0, 1) and --budget-factor be at least 1")
         return time_to_knn(args)
     args.loader_workers = args.loader_workers or [0, 1, 2]
+    if args.precision == "bf16" and not cpu_has_native_bf16():
+        p.error("--precision bf16 needs a CPU with bf16 hardware (AVX512-BF16 or AMX); use fp32")
     recipe = recipes.recipe("simclr")
     ds = data.load(args.dataset, image_size=recipe.image_size, seed=0)
     warmup = len(ds.train_x) // recipe.batch_size  # one epoch, untimed on both sides
@@ -260,16 +269,16 @@ def main(argv=None):
         p.error(f"--steps {args.steps} must exceed one epoch ({warmup} steps of {recipe.batch_size})")
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads; {ds.name} {len(ds.train_x):,} images at {ds.image_size} px; SimCLR testbed recipe, "
-          f"{args.steps} steps of {recipe.batch_size} (the first {warmup} untimed)")
+          f"{args.steps} steps of {recipe.batch_size} (the first {warmup} untimed), {args.precision} on both sides")
     print(f"{'side':<28}{'seed':>5}{'img/s':>9}{'timed s':>9}{'kNN test':>10}")
     ratios = []
     for seed in args.seeds:
-        ours = train_fit(recipe, ds, seed, args.steps, warmup)
+        ours = train_fit(recipe, ds, seed, args.steps, warmup, args.precision)
         print(f"{'cookbook.fit':<28}{seed:>5}{ours['img_s']:>9.0f}{ours['seconds']:>9.1f}"
               f"{knn_test(ours['method'], ds):>10.3f}", flush=True)
         best = 0.0
         for workers in args.loader_workers:
-            theirs = train_lightly_loop(recipe, ds, seed, args.steps, warmup, workers)
+            theirs = train_lightly_loop(recipe, ds, seed, args.steps, warmup, workers, args.precision)
             best = max(best, theirs["img_s"])
             print(f"{f'lightly loop, {workers} workers':<28}{seed:>5}{theirs['img_s']:>9.0f}"
                   f"{theirs['seconds']:>9.1f}{knn_test(theirs['method'], ds):>10.3f}", flush=True)

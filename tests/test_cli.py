@@ -14,7 +14,7 @@ def test_help_documents_every_option(capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     for option in ("--method", "--dataset", "--epochs", "--out", "--width", "--batch-size", "--optimizer",
-                   "--lr", "--lr-rule", "--subset", "--device", "--seed", "--compile", "--resume", "--set"):
+                   "--lr", "--lr-rule", "--subset", "--device", "--seed", "--precision", "--compile", "--resume", "--set"):
         assert option in text
 
 

@@ -144,6 +144,8 @@ def test_run_recipe_seeds_the_weights_and_references_are_evaluated_like_models()
     curve = experiment.run_recipe(tiny.with_(steps=6), ds, seed=4, log=False, eval_every=1,
                                   eval_rankme=True)
     assert [("knn_val" in e, "rankme" in e) for e in curve.history.epochs] == [(True, True)] * 2
+    with pytest.raises(ValueError, match="fp16 is for CUDA"):  # the precision reaches fit, checked first
+        experiment.run_recipe(tiny, ds, seed=0, log=False, precision="fp16", device="cpu")
 
     refs = experiment.references(tiny, ds, seeds=(0, 1), ceiling_steps=2, log=False)
     assert [(r.setting, r.seed) for r in refs] == [(name, seed) for seed in (0, 1)

@@ -150,12 +150,23 @@ def test_method_option_range_the_constructor_checks_exits_2(capsys, tmp_path):
     (["--backbone", "vit_tiny", "--image-size", "15"], "vit_tiny cuts 4x4 patches, so pass a multiple of 4"),
     (["--device", "tpu"], "--device: unknown device 'tpu'; use 'cpu', 'cuda' or 'cuda:N'"),
     (["--device", "meta"], "training runs on 'cpu' or 'cuda' only"),
+    (["--device", "cpu", "--precision", "fp16"],
+     "--precision: precision fp16 on cpu is not supported: fp16 is for CUDA"),
     (["--dataset", "nosuch"], "unknown dataset 'nosuch'; valid names: shapes, cifar10, folder:PATH"),
     (["--dataset", "folder:"], "no such folder or archive"),
     (["--dataset", "folder:/no/such/place"], "--dataset folder:/no/such/place: no such folder or archive"),
 ])
 def test_bad_backbone_device_or_dataset_is_refused_up_front(capsys, tmp_path, no_work, argv, message):
     assert message in refused(capsys, tmp_path, "--method", "simclr", *argv)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cpu_bf16_is_refused_up_front_where_it_would_be_emulated(capsys, tmp_path, no_work, monkeypatch):
+    from cookbook import train
+
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    err = refused(capsys, tmp_path, "--method", "simclr", "--device", "cpu", "--precision", "bf16")
+    assert "--precision: precision bf16 on this CPU would be emulated" in err and "use fp32" in err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
