@@ -2,7 +2,8 @@
 
     python benchmarks/ceiling.py                     # 3 interleaved rounds of every side
     python benchmarks/ceiling.py --rounds 5 --epochs 5
-    python benchmarks/ceiling.py --accuracy          # also: 3 seeds x 600 steps, eager and compiled
+    python benchmarks/ceiling.py --accuracy          # also: 3 seeds x each recipe's steps, fp32 and bf16
+    python benchmarks/ceiling.py --scans             # feature extraction and augmentation only
 
 Every side trains the testbed's SimCLR setting (``cookbook.recipes``: ResNet-10
 width 16, ``shapes`` 10,000 images at 16 px, batch 256, lr 0.6, τ 0.5, the
@@ -14,8 +15,10 @@ CPU with torch's default threads:
   memory format, augmentation in the loop;
 - ``fit, no prefetch``: today's package with ``train.PREFETCH = False``
   (channels_last, augmentation in the loop);
+- ``fit, prefetch on 2 threads``: the background thread on torch's threads
+  (two here; ``train.PREFETCH_THREADS = None``), as at commit 645b5a5;
 - ``fit``: today's default (channels_last, the next batch augmented in a
-  background thread);
+  background thread of one torch thread, ``train.PREFETCH_THREADS``);
 - ``fit, compile``: today's ``fit(compile=True)``; its first epoch holds the
   compilation (cold the first time, then from torch's on-disk cache);
 - ``fit, bf16``: today's ``fit(precision="bf16")``, CPU autocast in bf16
@@ -27,7 +30,9 @@ A side's images/s are over its epochs after the first, the median over the
 rounds; the rounds interleave the sides, so a load that comes and goes on a
 shared machine touches them alike. Then: feature extraction (``evaluate``'s
 forward over the train split) at three batch sizes, under ``no_grad`` and
-``inference_mode``, each memory format. ``--accuracy`` trains recipes
+``inference_mode``, each memory format; the augmentation of a batch (SimCLR's
+and DINO's views) on one torch thread and on two (``--scans``: these alone).
+``--accuracy`` trains recipes
 (``--methods``, default SimCLR) to their length with 3 seeds in each of
 ``--variants`` (fp32, bf16, compile), and prints the test kNN and the wall
 time (compilation included) of each.
@@ -52,6 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SIDES = {  # name: worker options
     "fit @ " + BASELINE: {"baseline": True},
     "fit, no prefetch": {"prefetch": False},
+    "fit, prefetch on 2 threads": {"prefetch_threads": None},
     "fit": {},
     "fit, compile": {"compile": True},
     "fit, bf16": {"precision": "bf16"},
@@ -83,6 +89,8 @@ def worker(spec: dict) -> dict:
         return model_only(method, views, ds, spec)
     if "prefetch" in spec:
         train.PREFETCH = spec["prefetch"]
+    if "prefetch_threads" in spec:
+        train.PREFETCH_THREADS = spec["prefetch_threads"]
     options = {"batch_size": spec.get("batch_size", 256), "views": views, "lr": spec.get("lr", 0.6), "device": "cpu", "progress": False,
                "log": False, "seed": spec.get("seed", 0), "compile": bool(spec.get("compile"))}
     for key in ("precision", "optimizer"):  # only where asked: the old fit has no precision
@@ -161,6 +169,32 @@ def feature_scan() -> list[str]:
     return lines
 
 
+def augment_scan() -> list[str]:
+    """Milliseconds per batch of 256 for a recipe's views at 16 px, on one torch thread and on two."""
+    import cookbook  # noqa: F401
+    import torch
+    from cookbook import data, recipes
+
+    ds = data.load("shapes", image_size=16, seed=0)
+    lines, default = [], torch.get_num_threads()
+    for name in ("simclr", "dino"):
+        recipe = recipes.recipe(name)
+        views = recipe.make_views(recipe.build(16), 16)
+        ms = {}
+        for threads in (1, 2, 1, 2):  # twice each, interleaved; the faster of the two counts
+            torch.set_num_threads(threads)
+            gen = torch.Generator().manual_seed(0)
+            views(ds.train_x[:256], gen)
+            start = time.perf_counter()
+            for i in range(20):
+                views(ds.train_x[256 * i:256 * (i + 1)], gen)
+            ms[threads] = min(ms.get(threads, float("inf")), (time.perf_counter() - start) / 20 * 1000)
+        lines.append(f"  {name:<7} ({len(views)} views): " + ", ".join(f"{t} thread{'s' * (t > 1)} {v:.1f} ms"
+                                                                      for t, v in sorted(ms.items())))
+    torch.set_num_threads(default)
+    return lines
+
+
 def baseline_tree(ref: str) -> tempfile.TemporaryDirectory:
     """The package at ``ref``, extracted from this repository's history."""
     folder = tempfile.TemporaryDirectory(prefix="cookbook-" + ref + "-")
@@ -195,7 +229,7 @@ def speed(args, steps: int) -> None:
                 timed = out["epoch_seconds"][1:]
                 rates[name].append(len(timed) * steps * 256 / sum(timed))
                 first[name].append(out["epoch_seconds"][0])
-                print(f"  round {r + 1}  {name:<22} {rates[name][-1]:>7,.0f} img/s  "
+                print(f"  round {r + 1}  {name:<27} {rates[name][-1]:>7,.0f} img/s  "
                       f"(first epoch {out['epoch_seconds'][0]:.1f} s)", flush=True)
     median = {name: statistics.median(v) for name, v in rates.items()}
     base = median["fit @ " + BASELINE]
@@ -209,8 +243,14 @@ def speed(args, steps: int) -> None:
     print(f"pipeline / model only: eager {median['fit'] / median['model only']:.0%}, "
           f"compiled {median['fit, compile'] / median['model only, compile']:.0%}, "
           f"bf16 {median['fit, bf16'] / median['model only, bf16']:.0%}")
+    scans()
+
+
+def scans() -> None:
     print("\nfeature extraction (evaluate.features, train split, 10,000 images):")
     print("\n".join(feature_scan()))
+    print("\naugmentation of a batch of 256 at 16 px (the recipe's views, augment.Views):")
+    print("\n".join(augment_scan()))
 
 
 def main(argv=None):
@@ -222,6 +262,8 @@ def main(argv=None):
     p.add_argument("--variants", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "compile"],
                    help="--accuracy: fp32 eager, bf16 autocast, compiled fp32")
     p.add_argument("--skip-speed", action="store_true", help="--accuracy only")
+    p.add_argument("--scans", action="store_true",
+                   help="only the feature-extraction and augmentation scans (seconds, not the rounds)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -238,7 +280,9 @@ def main(argv=None):
     # a cache of our own: the first round compiles cold, the later ones read torch's on-disk cache
     cache = tempfile.TemporaryDirectory(prefix="cookbook-inductor-")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache.name
-    if not args.skip_speed:
+    if args.scans:
+        scans()
+    elif not args.skip_speed:
         speed(args, steps)
     if args.accuracy:
         print("\nfull-length runs (each recipe's steps), test kNN (k = 20); wall time with compilation:")

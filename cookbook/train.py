@@ -8,8 +8,10 @@ optimiser steps); the batch-size learning-rate rule; mixed precision chosen
 for the device (:func:`select_precision`; fp32 on CPU unless bf16 is asked for
 where the CPU has it); the channels_last memory format (1.2-1.7x faster on a
 2-core CPU as well; :func:`memory_format` says when it is left out); the next
-batch augmented in a background thread while the model steps
-(:func:`prefetched`; the same batches in the same order); optional
+batch augmented in a background thread of one torch thread while the
+model steps (:func:`prefetched`; the same batches in the same order; on 2
+CPU cores the whole loop then ran as fast as the model's step alone,
+``benchmarks/README.md``); optional
 ``torch.compile``; atomic checkpoints and resume; a check that stops on a
 non-finite loss. Launched by ``torchrun``, it trains with
 DistributedDataParallel (``cookbook.distributed``; the book's "Scaling out").
@@ -49,6 +51,9 @@ MAX_SEED = 2**32  # seeds are integers in [0, MAX_SEED)
 # On a CPU, fit augments batch i + 1 in a background thread while the model steps on batch i
 # (prefetched). On CUDA the augmentation is already asynchronous, and the thread is not measured there.
 PREFETCH = True
+# torch threads of that background thread. At the testbed's sizes the augmentation is many small ops,
+# faster on one thread than on two, and one thread leaves the cores to the model (benchmarks/ceiling.py).
+PREFETCH_THREADS = 1
 _CHECKPOINT_KEYS = ("method", "optimizer", "epoch", "step", "history", "config", "generator")
 
 
@@ -122,7 +127,7 @@ def select_precision(device: torch.device, requested: str = "auto") -> str:
     gradient scaler on older ones (a T4, Colab's free GPU, has no bf16
     hardware). An explicit request is honoured on CUDA. On a CPU, "bf16" is
     honoured where the CPU has bf16 hardware (:func:`cpu_has_native_bf16`;
-    1.3-1.4x the steps/s of fp32 on 2 Zen 5 cores, ``benchmarks/ceiling.py``),
+    1.2-1.3x the steps/s of fp32 on 2 Zen 5 cores, ``benchmarks/ceiling.py``),
     and refused elsewhere, where it is emulated and slow; fp16 is CUDA's only.
     """
     if requested not in PRECISIONS:
@@ -396,10 +401,11 @@ def fit(method, dataset, *, epochs: int | None = None, steps: int | None = None,
         warmup_epochs: linear warm-up length (default: 10% of the run).
         device: default CUDA when available, else CPU.
         precision: "auto" (:func:`select_precision`), "fp32", "bf16" or "fp16";
-            "bf16" on a CPU with bf16 hardware trains the testbed 1.3x faster
+            "bf16" on a CPU with bf16 hardware trains the testbed 1.2-1.3x faster
             than fp32 at the same accuracy (``benchmarks/README.md``).
         compile: ``torch.compile`` the loss (worth it for long GPU runs only;
-            on 2 CPU cores 1.05x the steps/s after a 43 s first compilation).
+            on 2 CPU cores no faster than eager after a 43-50 s first compilation:
+            0.94-1.06x the steps/s, ``benchmarks/README.md``).
         seed: seeds the generator for batch order and augmentation.
         eval_every: every k epochs (and at the last), kNN accuracy on a
             validation split (10% of train, stratified) and/or RankMe of the
@@ -555,7 +561,8 @@ def fit(method, dataset, *, epochs: int | None = None, steps: int | None = None,
             images = x_all[distributed.batch_indices(perm, i, batch_size, rank, world)]
             return [v.contiguous(memory_format=layout) for v in views(images, aug_gen)]
 
-        with prefetched(make_batch, epoch_steps, background=PREFETCH and not cuda) as batches:
+        with prefetched(make_batch, epoch_steps, background=PREFETCH and not cuda,
+                        threads=PREFETCH_THREADS) as batches:
             for i, batch in enumerate(batches):
                 lr_now = lr_at(step, total_steps, warmup_steps, peak_lr)
                 for group in opt.param_groups:
@@ -610,10 +617,15 @@ def fit(method, dataset, *, epochs: int | None = None, steps: int | None = None,
 
 
 @contextlib.contextmanager
-def prefetched(make, n: int, background: bool = True):
+def prefetched(make, n: int, background: bool = True, threads: int | None = None):
     """A context whose value iterates over ``make(0), ..., make(n - 1)``,
     computing ``make(i + 1)`` in a background thread while the caller works
     on ``make(i)`` (``background=False``: a plain loop).
+
+    ``threads``: torch's intra-op threads in that background thread (None:
+    torch's setting). torch keeps the count per thread, so the caller's ops
+    keep theirs; the background thread puts torch's default for threads
+    started later back when it ends.
 
     The calls run one at a time, in order, in that one thread, so a
     ``make`` that draws from a generator draws exactly as a plain loop
@@ -630,6 +642,16 @@ def prefetched(make, n: int, background: bool = True):
     stop = threading.Event()
 
     def work():
+        if threads is not None:
+            default = torch.get_num_threads()
+            torch.set_num_threads(threads)
+        try:
+            produce()
+        finally:
+            if threads is not None:
+                torch.set_num_threads(default)
+
+    def produce():
         for i in range(n):
             try:
                 item = (True, make(i))

@@ -122,6 +122,26 @@ def test_prefetched_raises_the_makers_error_and_stops_when_left_early():
     assert not [t for t in __import__("threading").enumerate() if t.name == "cookbook-prefetch"]
 
 
+def test_prefetched_sets_the_threads_of_its_own_thread_only():
+    """The background thread runs on ``threads``; the caller keeps its count, and a thread started
+    after the context gets torch's setting back."""
+    import threading
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with prefetched(lambda i: torch.get_num_threads(), 3, threads=1) as items:
+            seen = list(items)
+            during = torch.get_num_threads()
+        later = []
+        thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 1, 1] and during == 2 and later == [2]
+
+
 def test_fit_trains_alike_with_and_without_the_prefetching_thread(monkeypatch):
     """Bit for bit: the same losses and weights with the background augmentation as without."""
     m1, _, h1 = tiny_run(epochs=2)
