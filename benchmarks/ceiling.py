@@ -4,6 +4,7 @@
     python benchmarks/ceiling.py --rounds 5 --epochs 5
     python benchmarks/ceiling.py --accuracy          # also: 3 seeds x each recipe's steps, fp32 and bf16
     python benchmarks/ceiling.py --scans             # feature extraction and augmentation only
+    python benchmarks/ceiling.py --wait              # OpenMP wait settings, idle and with a core busy
 
 Every side trains the testbed's SimCLR setting (``cookbook.recipes``: ResNet-10
 width 16, ``shapes`` 10,000 images at 16 px, batch 256, lr 0.6, τ 0.5, the
@@ -32,6 +33,9 @@ shared machine touches them alike. Then: feature extraction (``evaluate``'s
 forward over the train split) at three batch sizes, under ``no_grad`` and
 ``inference_mode``, each memory format; the augmentation of a batch (SimCLR's
 and DINO's views) on one torch thread and on two (``--scans``: these alone).
+``--wait``: ``fit`` under GNU OpenMP's passive wait (the package's setting)
+and with short spin counts, on idle cores and beside a process that keeps
+one core busy.
 ``--accuracy`` trains recipes
 (``--methods``, default SimCLR) to their length with 3 seeds in each of
 ``--variants`` (fp32, bf16, compile), and prints the test kNN and the wall
@@ -207,7 +211,7 @@ def baseline_tree(ref: str) -> tempfile.TemporaryDirectory:
 
 
 def run_side(spec: dict, baseline: str | None) -> dict:
-    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), **spec.get("env", {}))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (baseline if spec.get("baseline") else str(ROOT),
                                                     env.get("PYTHONPATH")) if p)
     done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env,
@@ -253,6 +257,38 @@ def scans() -> None:
     print("\n".join(augment_scan()))
 
 
+WAITS = {  # GNU OpenMP's wait between parallel regions: PASSIVE sleeps at once, a spin count spins first
+    "passive (the package's)": {},
+    "passive, GOMP_SPINCOUNT=1000": {"GOMP_SPINCOUNT": "1000"},
+    "passive, GOMP_SPINCOUNT=10000": {"GOMP_SPINCOUNT": "10000"},
+}
+
+
+def wait_scan(args, steps: int) -> None:
+    """``fit`` under each OpenMP wait setting, on idle cores and with one core kept busy by another process."""
+    print(f"fit (SimCLR testbed setting) under OpenMP wait settings, {args.epochs} epochs of {steps} steps "
+          f"(the first untimed), {args.rounds} rounds; 'busy': another process spins on one core")
+    rates = {}
+    for r in range(args.rounds):
+        for busy in (False, True):
+            hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+            try:
+                for name, env in WAITS.items():
+                    out = run_side({"epochs": args.epochs, "env": env}, None)
+                    timed = out["epoch_seconds"][1:]
+                    rates.setdefault((name, busy), []).append(len(timed) * steps * 256 / sum(timed))
+                    print(f"  round {r + 1}  {'busy' if busy else 'idle'}  {name:<30} "
+                          f"{rates[name, busy][-1]:>7,.0f} img/s", flush=True)
+            finally:
+                if hog is not None:
+                    hog.kill()
+                    hog.wait()
+    print(f"\n| wait setting | idle img/s (median of {args.rounds}) | one core busy |")
+    print("|---|---|---|")
+    for name in WAITS:
+        print(f"| {name} | {statistics.median(rates[name, False]):,.0f} | {statistics.median(rates[name, True]):,.0f} |")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3)
@@ -264,6 +300,8 @@ def main(argv=None):
     p.add_argument("--skip-speed", action="store_true", help="--accuracy only")
     p.add_argument("--scans", action="store_true",
                    help="only the feature-extraction and augmentation scans (seconds, not the rounds)")
+    p.add_argument("--wait", action="store_true",
+                   help="only fit under OpenMP wait settings (passive, spin counts), idle and with a core busy")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -282,6 +320,8 @@ def main(argv=None):
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache.name
     if args.scans:
         scans()
+    elif args.wait:
+        wait_scan(args, steps)
     elif not args.skip_speed:
         speed(args, steps)
     if args.accuracy:
