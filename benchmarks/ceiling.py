@@ -2,6 +2,7 @@
 
     python benchmarks/ceiling.py                     # 3 interleaved rounds of every side
     python benchmarks/ceiling.py --rounds 5 --epochs 5
+    python benchmarks/ceiling.py --sides fit "model only"   # some sides (and always fit @ aad48e6)
     python benchmarks/ceiling.py --accuracy          # also: 3 seeds x each recipe's steps, fp32 and bf16
     python benchmarks/ceiling.py --scans             # feature extraction and augmentation only
     python benchmarks/ceiling.py --wait              # OpenMP wait settings, idle and with a core busy
@@ -20,6 +21,8 @@ CPU with torch's default threads:
   (two here; ``train.PREFETCH_THREADS = None``), as at commit 645b5a5;
 - ``fit``: today's default (channels_last, the next batch augmented in a
   background thread of one torch thread, ``train.PREFETCH_THREADS``);
+- ``fit, GOMP_SPINCOUNT=1000``: today's default with OpenMP's threads
+  spinning briefly before they sleep (``book/setup.md``; ``--wait``);
 - ``fit, compile``: today's ``fit(compile=True)``; its first epoch holds the
   compilation (cold the first time, then from torch's on-disk cache);
 - ``fit, bf16``: today's ``fit(precision="bf16")``, CPU autocast in bf16
@@ -63,12 +66,17 @@ SIDES = {  # name: worker options
     "fit, no prefetch": {"prefetch": False},
     "fit, prefetch on 2 threads": {"prefetch_threads": None},
     "fit": {},
+    "fit, GOMP_SPINCOUNT=1000": {"env": {"GOMP_SPINCOUNT": "1000"}},
     "fit, compile": {"compile": True},
     "fit, bf16": {"precision": "bf16"},
     "model only": {"model_only": True},
     "model only, compile": {"model_only": True, "compile": True},
     "model only, bf16": {"model_only": True, "precision": "bf16"},
 }
+
+
+PIPELINES = [("eager", "fit", "model only"), ("compiled", "fit, compile", "model only, compile"),
+             ("bf16", "fit, bf16", "model only, bf16")]
 
 
 def worker(spec: dict) -> dict:
@@ -211,7 +219,9 @@ def baseline_tree(ref: str) -> tempfile.TemporaryDirectory:
 
 
 def run_side(spec: dict, baseline: str | None) -> dict:
-    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), **spec.get("env", {}))
+    # the package's wait policy; a spin count only where the side sets one
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    env.update(OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), **spec.get("env", {}))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (baseline if spec.get("baseline") else str(ROOT),
                                                     env.get("PYTHONPATH")) if p)
     done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env,
@@ -224,11 +234,12 @@ def run_side(spec: dict, baseline: str | None) -> dict:
 def speed(args, steps: int) -> None:
     print(f"SimCLR testbed setting, {args.epochs} epochs of {steps} steps per side (the first untimed), "
           f"{args.rounds} rounds")
+    sides = {name: SIDES[name] for name in args.sides}
     with baseline_tree(BASELINE) as old:
-        rates = {name: [] for name in SIDES}
-        first = {name: [] for name in SIDES}
+        rates = {name: [] for name in sides}
+        first = {name: [] for name in sides}
         for r in range(args.rounds):
-            for name, options in SIDES.items():
+            for name, options in sides.items():
                 out = run_side({**options, "epochs": args.epochs}, old)
                 timed = out["epoch_seconds"][1:]
                 rates[name].append(len(timed) * steps * 256 / sum(timed))
@@ -240,13 +251,14 @@ def speed(args, steps: int) -> None:
     print(f"\n| side | img/s (median of {args.rounds}) | range | × fit @ {BASELINE} | first epoch s, round 1 "
           f"| later rounds |")
     print("|---|---|---|---|---|---|")
-    for name in SIDES:
+    for name in sides:
         later = f"{statistics.median(first[name][1:]):.1f}" if args.rounds > 1 else ""
         print(f"| {name} | {median[name]:,.0f} | {min(rates[name]):,.0f}-{max(rates[name]):,.0f} | "
               f"{median[name] / base:.2f} | {first[name][0]:.1f} | {later} |")
-    print(f"pipeline / model only: eager {median['fit'] / median['model only']:.0%}, "
-          f"compiled {median['fit, compile'] / median['model only, compile']:.0%}, "
-          f"bf16 {median['fit, bf16'] / median['model only, bf16']:.0%}")
+    pairs = [(label, loop, model) for label, loop, model in PIPELINES if loop in median and model in median]
+    if pairs:
+        print("pipeline / model only: " + ", ".join(f"{label} {median[loop] / median[model]:.0%}"
+                                                    for label, loop, model in pairs))
     scans()
 
 
@@ -302,6 +314,9 @@ def main(argv=None):
                    help="only the feature-extraction and augmentation scans (seconds, not the rounds)")
     p.add_argument("--wait", action="store_true",
                    help="only fit under OpenMP wait settings (passive, spin counts), idle and with a core busy")
+    p.add_argument("--sides", nargs="+", default=list(SIDES), metavar="SIDE",
+                   help=f"the sides to time (default: all; fit @ {BASELINE} is always among them): "
+                        + "; ".join(SIDES))
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -309,6 +324,10 @@ def main(argv=None):
         return
     if args.epochs < 2:
         p.error("--epochs must be at least 2 (the first is not timed)")
+    unknown = [name for name in args.sides if name not in SIDES]
+    if unknown:
+        p.error(f"unknown side(s) {', '.join(map(repr, unknown))}; choose from: {'; '.join(SIDES)}")
+    args.sides = ["fit @ " + BASELINE] + [name for name in args.sides if name != "fit @ " + BASELINE]
     import cookbook  # noqa: F401
     import torch
 
