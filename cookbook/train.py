@@ -53,6 +53,8 @@ MAX_SEED = 2**32  # seeds are integers in [0, MAX_SEED)
 PREFETCH = True
 # torch threads of that background thread. At the testbed's sizes the augmentation is many small ops,
 # faster on one thread than on two, and one thread leaves the cores to the model (benchmarks/ceiling.py).
+# Measured on 2 cores only: on many cores with large images, where one thread could fall behind the
+# model, raise it (`python benchmarks/ceiling.py --scans` times a batch's views on 1 and 2 threads).
 PREFETCH_THREADS = 1
 _CHECKPOINT_KEYS = ("method", "optimizer", "epoch", "step", "history", "config", "generator")
 
