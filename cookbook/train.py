@@ -10,8 +10,8 @@ where the CPU has it); the channels_last memory format (1.2-1.7x faster on a
 2-core CPU as well; :func:`memory_format` says when it is left out); the next
 batch augmented in a background thread of one torch thread while the
 model steps (:func:`prefetched`; the same batches in the same order; on 2
-CPU cores the whole loop then ran as fast as the model's step alone,
-``benchmarks/README.md``); optional
+CPU cores the whole loop then ran at 96-100 % of the speed of the model's
+step alone, ``benchmarks/README.md``); optional
 ``torch.compile``; atomic checkpoints and resume; a check that stops on a
 non-finite loss. Launched by ``torchrun``, it trains with
 DistributedDataParallel (``cookbook.distributed``; the book's "Scaling out").
