@@ -231,6 +231,12 @@ def run_side(spec: dict, baseline: str | None) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def images_per_s(out: dict, steps: int) -> float:
+    """A side's source images per second over its epochs after the first (batches of 256)."""
+    timed = out["epoch_seconds"][1:]
+    return len(timed) * steps * 256 / sum(timed)
+
+
 def speed(args, steps: int) -> None:
     print(f"SimCLR testbed setting, {args.epochs} epochs of {steps} steps per side (the first untimed), "
           f"{args.rounds} rounds")
@@ -241,8 +247,7 @@ def speed(args, steps: int) -> None:
         for r in range(args.rounds):
             for name, options in sides.items():
                 out = run_side({**options, "epochs": args.epochs}, old)
-                timed = out["epoch_seconds"][1:]
-                rates[name].append(len(timed) * steps * 256 / sum(timed))
+                rates[name].append(images_per_s(out, steps))
                 first[name].append(out["epoch_seconds"][0])
                 print(f"  round {r + 1}  {name:<27} {rates[name][-1]:>7,.0f} img/s  "
                       f"(first epoch {out['epoch_seconds'][0]:.1f} s)", flush=True)
@@ -287,8 +292,7 @@ def wait_scan(args, steps: int) -> None:
             try:
                 for name, env in WAITS.items():
                     out = run_side({"epochs": args.epochs, "env": env}, None)
-                    timed = out["epoch_seconds"][1:]
-                    rates.setdefault((name, busy), []).append(len(timed) * steps * 256 / sum(timed))
+                    rates.setdefault((name, busy), []).append(images_per_s(out, steps))
                     print(f"  round {r + 1}  {'busy' if busy else 'idle'}  {name:<30} "
                           f"{rates[name, busy][-1]:>7,.0f} img/s", flush=True)
             finally:
